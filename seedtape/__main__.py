@@ -1,0 +1,3 @@
+from seedtape.cli.main import main
+
+main()

@@ -1,0 +1,190 @@
+"""The seedtape mitmproxy addon: translates flows into Tapedeck calls.
+
+Loadable on its own:  mitmdump --mode reverse:https://api.openai.com \\
+    -s seedtape/addons/seedtape.py --set seedtape_mode=replay
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Sequence
+from typing import Optional
+
+from mitmproxy import ctx, http
+
+from seedtape.addons import errorpage
+from seedtape.proxy import errors, wire
+from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
+from seedtape.proxy.modes import MODE_NAMES, Mode
+from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
+from seedtape.proxy.store import Store
+
+log = logging.getLogger("seedtape")
+
+OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
+EXCHANGE = "seedtape_exchange"
+
+
+def upstream_of(modes: Sequence[str]) -> str:
+    for m in modes:
+        if m.startswith("reverse:"):
+            return m[len("reverse:") :]
+    return "(no reverse upstream configured)"
+
+
+def make_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
+    return http.Response.make(status, body, [(k.encode(), v.encode()) for k, v in headers])
+
+
+class Seedtape:
+    def __init__(self) -> None:
+        self.deck: Tapedeck | None = None
+        self.store: Store | None = None
+
+    def load(self, loader) -> None:
+        loader.add_option("seedtape_store", str, ".seedtape", "Directory of the LMDB tape store.")
+        loader.add_option(
+            "seedtape_mode", str, Mode.AUTO.value, "auto: replay hits, record misses; replay: offline only; "
+            "record: always live, store; passthrough: forward untouched.", choices=MODE_NAMES
+        )
+        loader.add_option("seedtape_seed", int, DEFAULT_SEED, "Seed injected into requests that carry none.")
+        loader.add_option("seedtape_seed_injection", bool, True, "Inject seedtape_seed into seedable requests.")
+        loader.add_option("seedtape_fingerprint", Optional[str], None, "Pin replay to one system_fingerprint.")
+        loader.add_option(
+            "seedtape_ignore_field", Sequence[str], list(DEFAULT_IGNORED_FIELDS),
+            "Top-level request fields that do not enter the request key.",
+        )
+        loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
+
+    def configure(self, updated: set[str]) -> None:
+        if "seedtape_store" in updated or "seedtape_map_size" in updated or self.store is None:
+            if self.store is not None:
+                self.store.close()
+            self.store = Store(ctx.options.seedtape_store, map_size=ctx.options.seedtape_map_size)
+        upstream = upstream_of(ctx.options.mode)
+        errorpage.install(upstream)
+        self.deck = Tapedeck(
+            self.store,
+            Settings(
+                mode=Mode(ctx.options.seedtape_mode),
+                seed=SeedPolicy(ctx.options.seedtape_seed, ctx.options.seedtape_seed_injection),
+                ignored_fields=frozenset(ctx.options.seedtape_ignore_field),
+                fingerprint=ctx.options.seedtape_fingerprint or None,
+                upstream=upstream,
+            ),
+        )
+        if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
+            # Eager connects break offline replay and drop clients when the upstream is down.
+            ctx.options.connection_strategy = "lazy"
+
+    def running(self) -> None:
+        ps = ctx.master.addons.get("proxyserver")
+        addrs = ps.listen_addrs() if ps else []
+        for host, port, *_ in addrs[:1]:
+            host = f"[{host}]" if ":" in host else host
+            print(f"OPENAI_BASE_URL=http://{host}:{port}/v1", flush=True)
+        s = self.deck.settings
+        log.info(
+            "seedtape: mode=%s store=%s upstream=%s seed=%s",
+            s.mode.value, self.store.path, s.upstream, s.seed.seed if s.seed.inject else "off",
+        )
+
+    def done(self) -> None:
+        if self.store is not None:
+            self.store.close()
+            self.store = None
+
+    # -- flow hooks ---------------------------------------------------------
+
+    def request(self, flow: http.HTTPFlow) -> None:
+        if flow.response is not None:  # answered by another addon
+            return
+        req = flow.request
+        try:
+            self._request(flow)
+        except Exception as e:  # fail closed: never fall through to a live call
+            log.exception("seedtape: internal error on %s %s", req.method, req.path)
+            self._reply(flow, errors.internal(f"{type(e).__name__}: {e}"))
+
+    def _request(self, flow: http.HTTPFlow) -> None:
+        req = flow.request
+        headers = {k.lower(): v for k, v in req.headers.items()}
+        for h in wire.PROXY_ONLY_REQUEST_HEADERS:
+            req.headers.pop(h, None)
+        try:
+            content = req.get_content(strict=True) or b""
+        except ValueError as e:
+            self._reply(flow, errors.bad_request(f"its body could not be decoded ({e})"))
+            return
+        ex = self.deck.begin(req.method, req.path, headers, content)
+        flow.metadata[EXCHANGE] = ex
+        if ex.reply is not None:
+            flow.response = make_response(ex.reply.status, ex.reply.headers, ex.reply.body)
+            flow.metadata[OWN_REPLY] = True
+            self._log(ex, ex.reply.status)
+        elif ex.forward_body is not None:
+            req.headers.pop("content-encoding", None)  # the rewritten body goes out plain
+            req.content = ex.forward_body
+
+    def _reply(self, flow: http.HTTPFlow, err: errors.SeedtapeError) -> None:
+        flow.response = make_response(err.status, [*err.all_headers().items(), (wire.STATUS, "error")], err.body())
+        flow.metadata[OWN_REPLY] = True
+        log.warning("seedtape: error %s %s -> %s %s", flow.request.method, flow.request.path, err.status, err.message)
+
+    def responseheaders(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(OWN_REPLY) or flow.response is None:
+            return
+        ctype = flow.response.headers.get("content-type", "")
+        if ctype.startswith("text/event-stream"):
+            # Pass events through as they arrive; headers go out right after this hook.
+            flow.response.stream = True
+            ex: Exchange | None = flow.metadata.get(EXCHANGE)
+            if ex is not None:
+                if ex.status == "live":
+                    ex.status = "unrecorded"
+                self._add_headers(flow, ex)
+
+    def response(self, flow: http.HTTPFlow) -> None:
+        if flow.metadata.get(OWN_REPLY) or flow.response is None:
+            return
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is None:
+            return
+        if flow.response.stream:
+            self._log(ex, flow.response.status_code)
+            return
+        resp = flow.response
+        try:
+            content = resp.get_content(strict=False) or b""
+            self.deck.finish(ex, resp.status_code, list(resp.headers.items()), content)
+        except Exception:
+            log.exception("seedtape: could not record %s %s", flow.request.method, flow.request.path)
+            ex.status, ex.note = "unrecorded", "recording failed (see the log)"
+        self._add_headers(flow, ex)
+        self._log(ex, resp.status_code)
+
+    def error(self, flow: http.HTTPFlow) -> None:
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        msg = flow.error.msg if flow.error else "unknown error"
+        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, flow.request.path, msg)
+        if ex is not None:
+            ex.status = "error"
+
+    # -- helpers ------------------------------------------------------------
+
+    @staticmethod
+    def _add_headers(flow: http.HTTPFlow, ex: Exchange) -> None:
+        for k, v in ex.headers():
+            flow.response.headers[k] = v
+
+    @staticmethod
+    def _log(ex: Exchange, status: int) -> None:
+        ms = (time.monotonic() - ex.started) * 1000
+        key = ex.key[:12] or "-"
+        extra = f" ({ex.note})" if ex.note and ex.status != "hit" else ""
+        log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, ex.path.split("?", 1)[0], key, ex.fingerprint or "-", status, ms, extra)
+
+
+addons = [Seedtape()]

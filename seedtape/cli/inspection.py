@@ -1,0 +1,147 @@
+"""`seedtape ls`, `show`, `stats`: read a store without a proxy running."""
+
+from __future__ import annotations
+
+import json
+import sys
+from datetime import datetime, timezone
+
+import click
+
+from seedtape.proxy.store import Store, StoreError
+from seedtape.proxy.tape import TapeEntry
+
+store_option = click.option(
+    "--store", default=".seedtape", show_default=True, envvar="SEEDTAPE_STORE",
+    type=click.Path(file_okay=False), help="LMDB store directory (env SEEDTAPE_STORE).",
+)
+
+
+def open_store(path: str) -> Store:
+    try:
+        return Store(path, readonly=True)
+    except StoreError as e:
+        raise click.ClickException(str(e)) from None
+
+
+def when(ts: float) -> str:
+    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+
+
+def last_user_words(request: dict, words: int = 8) -> str:
+    """The first words of the last user message (or the prompt/input) of a canonical request."""
+    body = request.get("body")
+    if not isinstance(body, dict):
+        return ""
+    text: object = ""
+    for msg in reversed(body.get("messages") or []):
+        if isinstance(msg, dict) and msg.get("role") == "user":
+            text = msg.get("content", "")
+            break
+    else:
+        text = body.get("prompt") or body.get("input") or ""
+    if isinstance(text, list):  # content parts, or a list of inputs
+        text = " ".join(p.get("text", "") if isinstance(p, dict) else str(p) for p in text)
+    split = str(text).split()
+    return " ".join(split[:words]) + (" …" if len(split) > words else "")
+
+
+def summaries(store: Store) -> list[dict]:
+    """One row per request key: newest entry's model, all fingerprints, times."""
+    rows: dict[str, dict] = {}
+    for e in store.entries():
+        row = rows.setdefault(e.key, {"key": e.key, "endpoint": e.endpoint, "model": e.model, "namespace": e.namespace,
+                                      "fingerprints": [], "prompt": last_user_words(e.request), "recorded_at": 0.0,
+                                      "format": e.format})
+        row["fingerprints"].append(e.fingerprint)
+        if e.recorded_at >= row["recorded_at"]:
+            row.update(recorded_at=e.recorded_at, model=e.model, latest_fingerprint=e.fingerprint)
+    return sorted(rows.values(), key=lambda r: r["recorded_at"], reverse=True)
+
+
+@click.command()
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON instead of a table.")
+def ls(store: str, as_json: bool) -> None:
+    """List recorded requests, newest first."""
+    with open_store(store) as st:
+        rows = summaries(st)
+    if as_json:
+        for r in rows:
+            r["recorded_at"] = when(r["recorded_at"])
+        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        return
+    if not rows:
+        click.echo(f"no recordings in {store}")
+        return
+    click.echo(f"{'KEY':<14} {'MODEL':<22} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
+    for r in rows:
+        fps = ",".join(r["fingerprints"])
+        click.echo(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {fps[:24]:<24} {when(r['recorded_at']):<21} {r['prompt']}")
+
+
+def resolve(st: Store, prefix: str) -> str:
+    keys = st.find(prefix.lower())
+    if not keys:
+        raise click.ClickException(f"no recording has a key starting with {prefix!r}: `seedtape ls` lists the keys")
+    if len(keys) > 1:
+        raise click.ClickException(f"{prefix!r} matches {len(keys)} keys ({', '.join(k[:12] for k in keys[:5])}…): give more characters")
+    return keys[0]
+
+
+def _body_for_display(e: TapeEntry) -> object:
+    parsed = e.json_body()
+    if parsed is not None:
+        return parsed
+    return e.body.decode("utf-8", errors="replace")
+
+
+@click.command()
+@store_option
+@click.argument("key")
+@click.option("--fingerprint", default=None, help="Show this fingerprint's entry (default: all of them).")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
+    """Show the request and response recorded for KEY (a unique prefix is enough)."""
+    with open_store(store) as st:
+        full = resolve(st, key)
+        fps = [fingerprint] if fingerprint else st.fingerprints(full)
+        entries = [e for fp in fps if (e := st.get(full, fp)) is not None]
+    if not entries:
+        raise click.ClickException(f"{full[:12]} has no entry under fingerprint {fingerprint}")
+    out = []
+    for e in entries:
+        out.append({
+            "key": e.key, "fingerprint": e.fingerprint, "endpoint": e.endpoint, "model": e.model,
+            "namespace": e.namespace, "format": e.format, "recorded_at": when(e.recorded_at),
+            "first_recorded_at": when(e.first_recorded_at), "times_recorded": e.times_recorded,
+            "upstream_ms": e.upstream_ms, "request": e.request,
+            "response": {"status": e.status, "headers": dict(e.headers), "body": _body_for_display(e)},
+        })
+    if as_json:
+        click.echo(json.dumps(out if len(out) > 1 else out[0], indent=2, ensure_ascii=False))
+        return
+    for o in out:
+        click.secho(f"key {o['key']}  fingerprint {o['fingerprint']}", bold=True)
+        click.echo(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
+                   f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}")
+        click.secho("request:", bold=True)
+        click.echo(json.dumps(o["request"], indent=2, ensure_ascii=False))
+        click.secho(f"response: {o['response']['status']}", bold=True)
+        click.echo(json.dumps(o["response"]["body"], indent=2, ensure_ascii=False))
+        click.echo()
+
+
+@click.command()
+@store_option
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def stats(store: str, as_json: bool) -> None:
+    """Count entries, request keys and fingerprints, and the store's size."""
+    with open_store(store) as st:
+        s = st.stats()
+    if as_json:
+        click.echo(json.dumps(s, indent=2))
+        return
+    for k in ("path", "entries", "request_keys", "fingerprints", "size_bytes", "map_size", "schema_version"):
+        click.echo(f"{k:<15} {s[k]}")
+    sys.stdout.flush()

@@ -1,0 +1,21 @@
+"""The `seedtape` command group."""
+
+from __future__ import annotations
+
+import click
+
+from seedtape import __version__
+from seedtape.cli.inspection import ls, show, stats
+from seedtape.cli.serve import serve
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="seedtape")
+def cli() -> None:
+    """seedtape: record, replay and audit OpenAI-compatible API calls."""
+
+
+for command in (serve, ls, show, stats):
+    cli.add_command(command)
+
+main = cli

@@ -1,0 +1,100 @@
+"""`seedtape serve`: a lean embedded mitmproxy in reverse mode carrying the seedtape addon.
+
+mitmdump hands every event to ~36 default addons; a Master with only the
+ones seedtape needs serves replay hits about twice as fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+import sys
+
+import click
+
+from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy.modes import MODE_NAMES
+from seedtape.proxy.seed import DEFAULT_SEED
+
+
+def build_master(options: dict):
+    """A mitmproxy Master with core, proxyserver, next-layer, TLS, error check and seedtape."""
+    from mitmproxy import master
+    from mitmproxy import options as mopts
+    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+
+    from seedtape.addons.seedtape import Seedtape
+
+    opts = mopts.Options()
+    m = master.Master(opts, with_termlog=True)
+    m.addons.add(
+        core.Core(),
+        proxyserver.Proxyserver(),
+        next_layer.NextLayer(),
+        tlsconfig.TlsConfig(),
+        errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
+        Seedtape(),
+    )
+    # connection_strategy is registered by the proxyserver addon: set it after adding it.
+    opts.update(connection_strategy="lazy", **options)
+    return m
+
+
+async def _run(options: dict) -> None:
+    m = build_master(options)
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, m.shutdown)
+    await m.run()
+
+
+@click.command()
+@click.option("--upstream", default="https://api.openai.com", show_default=True, envvar="SEEDTAPE_UPSTREAM",
+              help="The OpenAI-compatible API to forward to (env SEEDTAPE_UPSTREAM).")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
+              help="Port to listen on (0 picks a free one; the printed line names it).")
+@click.option("--store", default=".seedtape", show_default=True, envvar="SEEDTAPE_STORE",
+              type=click.Path(file_okay=False), help="LMDB store directory (env SEEDTAPE_STORE).")
+@click.option("--mode", type=click.Choice(MODE_NAMES), default="auto", show_default=True, envvar="SEEDTAPE_MODE",
+              help="auto: replay hits, record misses. replay: offline, a miss is an error. "
+                   "record: always live, store. passthrough: forward untouched (env SEEDTAPE_MODE).")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
+              help="Seed injected into chat/completions requests that carry none.")
+@click.option("--no-seed-injection", is_flag=True, help="Forward requests without a seed as they are.")
+@click.option("--fingerprint", default=None, metavar="FP",
+              help="Pin replay to this system_fingerprint (default: the newest recorded per request).")
+@click.option("--ignore-field", multiple=True, metavar="FIELD",
+              help=f"Top-level body field kept out of the request key; repeatable. "
+                   f"Replaces the default list ({', '.join(DEFAULT_IGNORED_FIELDS)}).")
+@click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
+def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, quiet):
+    """Run the recording/replay proxy in front of UPSTREAM."""
+    upstream = upstream.rstrip("/")
+    if not upstream.startswith(("http://", "https://")):
+        raise click.BadParameter(f"{upstream!r} must start with http:// or https://", param_hint="--upstream")
+    options = dict(
+        mode=[f"reverse:{upstream}"],
+        listen_host=host,
+        listen_port=port,
+        seedtape_store=store,
+        seedtape_mode=mode,
+        seedtape_seed=seed,
+        seedtape_seed_injection=not no_seed_injection,
+        seedtape_fingerprint=fingerprint,
+        termlog_verbosity="warn" if quiet else "info",
+    )
+    if ignore_field:
+        options["seedtape_ignore_field"] = list(ignore_field)
+    logging.getLogger("seedtape").setLevel(logging.WARNING if quiet else logging.INFO)
+    try:
+        asyncio.run(_run(options))
+    except Exception as e:  # a store error or bad option at start: one clear line, not a traceback
+        from seedtape.proxy.store import StoreError
+        from mitmproxy.exceptions import OptionsError
+
+        if isinstance(e, (StoreError, OptionsError)):
+            click.echo(f"seedtape: {e}", err=True)
+            sys.exit(2)
+        raise

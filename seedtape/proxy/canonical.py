@@ -1,0 +1,133 @@
+"""The canonical request and its request key.
+
+Two requests that mean the same thing must get the same key, however a client
+spelled them. The rules are versioned (KEY_VERSION enters every key), so a rule
+change can never silently serve an old recording for a new meaning.
+
+Rules, version 1 (README "Request key" repeats them):
+
+1. method is upper-cased.
+2. path: repeated slashes collapse, a trailing slash is dropped.
+3. query: parameters sorted by name, then value.
+4. body, when it parses as JSON: keys sorted, compact separators, UTF-8;
+   floats with an integral value are written as ints (1.0 == 1); top-level
+   fields on the ignore list are removed; ``stream`` and ``stream_options``
+   never count (the format is part of the tape entry, not the key).
+   A body that is not JSON enters as the sha256 of its bytes.
+5. namespace (header ``seedtape-namespace``) enters the key; no other header
+   does, so Authorization, api-key, user-agent and SDK telemetry
+   (x-stainless-*) can never split or leak into a key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import re
+from dataclasses import dataclass
+from urllib.parse import parse_qsl
+
+KEY_VERSION = 1
+
+DEFAULT_IGNORED_FIELDS: tuple[str, ...] = ("user", "metadata", "store")
+# Transport details: the tape entry records the format, the key does not.
+ALWAYS_IGNORED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options"})
+
+_SLASHES = re.compile(r"/{2,}")
+
+
+@dataclass(frozen=True)
+class CanonicalRequest:
+    """What a request means, minus everything that must not split or leak a key."""
+
+    method: str
+    path: str
+    query: tuple[tuple[str, str], ...]
+    body: object  # parsed JSON (after ignore rules), or {"sha256": ...} for raw bytes
+    namespace: str = ""
+
+    def to_json(self) -> dict:
+        return {
+            "v": KEY_VERSION,
+            "method": self.method,
+            "path": self.path,
+            "query": [list(p) for p in self.query],
+            "namespace": self.namespace,
+            "body": self.body,
+        }
+
+    def canonical_bytes(self) -> bytes:
+        return dumps_canonical(self.to_json())
+
+    @property
+    def key(self) -> str:
+        return hashlib.sha256(self.canonical_bytes()).hexdigest()
+
+
+def normalize_path(path: str) -> str:
+    """Path without query, with repeated and trailing slashes removed."""
+    path = path.split("?", 1)[0] or "/"
+    path = _SLASHES.sub("/", path)
+    if len(path) > 1:
+        path = path.rstrip("/") or "/"
+    return path
+
+
+def normalize_query(query: str) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(parse_qsl(query, keep_blank_values=True)))
+
+
+def normalize_numbers(value: object) -> object:
+    """Integral floats become ints, recursively, so 1.0 and 1 hash alike."""
+    if isinstance(value, float):
+        if math.isfinite(value) and value.is_integer():
+            return int(value)
+        return value
+    if isinstance(value, dict):
+        return {k: normalize_numbers(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [normalize_numbers(v) for v in value]
+    return value
+
+
+def dumps_canonical(value: object) -> bytes:
+    return json.dumps(
+        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
+    ).encode("utf-8", "surrogatepass")
+
+
+def canonical_body(body: object, ignored_fields: frozenset[str] | set[str]) -> object:
+    """The body as it enters the key: ignore rules applied, numbers normalized."""
+    if isinstance(body, dict):
+        body = {
+            k: v for k, v in body.items() if k not in ignored_fields and k not in ALWAYS_IGNORED_FIELDS
+        }
+    return normalize_numbers(body)
+
+
+def raw_body(content: bytes) -> dict:
+    return {"sha256": hashlib.sha256(content).hexdigest(), "size": len(content)}
+
+
+def canonicalize(
+    method: str,
+    path: str,
+    query: str,
+    body: object,
+    *,
+    ignored_fields: frozenset[str] | set[str] = frozenset(DEFAULT_IGNORED_FIELDS),
+    namespace: str = "",
+) -> CanonicalRequest:
+    """Build the canonical request; ``body`` is parsed JSON, or bytes when it is not JSON."""
+    if isinstance(body, (bytes, bytearray)):
+        cbody: object = raw_body(bytes(body)) if body else None
+    else:
+        cbody = canonical_body(body, ignored_fields)
+    return CanonicalRequest(
+        method=method.upper(),
+        path=normalize_path(path),
+        query=normalize_query(query),
+        body=cbody,
+        namespace=namespace,
+    )

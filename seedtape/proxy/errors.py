@@ -1,0 +1,74 @@
+"""Errors that seedtape itself answers with, in OpenAI's error shape.
+
+SDKs turn ``{"error": {"message", "type", "code"}}`` into a readable exception.
+Statuses are chosen outside the ones SDKs retry (408, 409, 429, >= 500), or
+carry ``x-should-retry: false``, so a refusal fails fast instead of retrying.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+
+@dataclass(frozen=True)
+class SeedtapeError:
+    status: int
+    code: str
+    message: str
+    headers: dict[str, str] = field(default_factory=dict)
+
+    def body(self) -> bytes:
+        return json.dumps(
+            {"error": {"message": self.message, "type": "seedtape_error", "code": self.code, "param": None}}
+        ).encode()
+
+    def all_headers(self) -> dict[str, str]:
+        return {
+            "content-type": "application/json",
+            "x-should-retry": "false",
+            "seedtape-error": self.code,
+            **self.headers,
+        }
+
+
+def replay_miss(key: str, path: str, detail: str = "") -> SeedtapeError:
+    why = f" {detail}" if detail else ""
+    return SeedtapeError(
+        404,
+        "replay_miss",
+        f"seedtape replay miss: no recording for request key {key} ({path}).{why} "
+        "To record it, run the proxy with --mode auto or --mode record against a live upstream "
+        "and send the request again.",
+    )
+
+
+def bad_request(reason: str) -> SeedtapeError:
+    return SeedtapeError(400, "invalid_request", f"seedtape could not read the request: {reason}.")
+
+
+def not_replayable(path: str, reason: str) -> SeedtapeError:
+    return SeedtapeError(
+        400,
+        "not_replayable",
+        f"seedtape is in replay mode and never contacts the upstream, but {path} {reason}. "
+        "Use --mode auto to forward it.",
+    )
+
+
+def upstream_unreachable(upstream: str, reason: str) -> SeedtapeError:
+    return SeedtapeError(
+        502,
+        "upstream_unreachable",
+        f"seedtape could not reach the upstream {upstream}: {reason}. "
+        "Check --upstream and the network, or use --mode replay to serve recordings offline.",
+    )
+
+
+def internal(reason: str) -> SeedtapeError:
+    return SeedtapeError(
+        500,
+        "seedtape_internal_error",
+        f"seedtape failed internally and did not contact the upstream: {reason}. "
+        "This is a bug; the proxy log has details.",
+    )

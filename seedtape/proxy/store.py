@@ -1,0 +1,219 @@
+"""The LMDB store of tape entries.
+
+Layout (named sub-databases in one LMDB environment):
+
+- ``meta``:    ``schema`` -> schema version, so an old binary never misreads a new store.
+- ``entries``: ``<request key>\\0<fingerprint>`` -> encoded TapeEntry.
+- ``latest``:  ``<request key>`` -> the fingerprint recorded most recently for it.
+
+LMDB gives one writer at a time across processes and lock-free readers, so
+several proxies can share one store. Every commit is synced to disk (LMDB's
+defaults ``sync=True, metasync=True``): a crash, even of the machine, loses at
+most the transaction in flight, and never corrupts committed entries.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import TypeVar
+
+import lmdb
+
+from .tape import TapeEntry
+
+SCHEMA_VERSION = 1
+DEFAULT_MAP_SIZE = 256 * 1024 * 1024
+MAX_MAP_SIZE = 1 << 40
+
+T = TypeVar("T")
+
+
+class StoreError(RuntimeError):
+    """The store cannot be used; the message says why and what to do."""
+
+
+def _entry_key(key: str, fingerprint: str) -> bytes:
+    return f"{key}\0{fingerprint}".encode()
+
+
+class Store:
+    def __init__(self, path: str | os.PathLike, *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE):
+        self.path = Path(path)
+        if not readonly:
+            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        elif not (self.path / "data.mdb").exists():
+            raise StoreError(f"no seedtape store at {self.path}: record into it first (seedtape serve --store {self.path})")
+        try:
+            self.env = lmdb.open(
+                str(self.path),
+                map_size=map_size,
+                max_dbs=4,
+                mode=0o600,
+                readonly=readonly,
+                create=not readonly,
+                max_readers=512,
+            )
+        except lmdb.Error as e:
+            raise StoreError(f"cannot open the store at {self.path}: {e}") from e
+        if not readonly:
+            self.env.reader_check()  # free reader slots left by killed processes
+        self._meta = self.env.open_db(b"meta", create=not readonly)
+        self._entries = self.env.open_db(b"entries", create=not readonly)
+        self._latest = self.env.open_db(b"latest", create=not readonly)
+        self._check_schema(readonly)
+
+    # -- plumbing ---------------------------------------------------------
+
+    def _retry(self, fn: Callable[[], T]) -> T:
+        """Run a transaction, adopting or growing the map as other writers require."""
+        while True:
+            try:
+                return fn()
+            except lmdb.MapResizedError:
+                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+            except lmdb.MapFullError:
+                size = self.env.info()["map_size"]
+                if size >= MAX_MAP_SIZE:
+                    raise StoreError(f"the store at {self.path} reached {size} bytes and cannot grow further")
+                self.env.set_mapsize(size * 2)
+
+    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        def run() -> T:
+            with self.env.begin(write=True) as txn:
+                return fn(txn)
+
+        return self._retry(run)
+
+    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+        def run() -> T:
+            with self.env.begin(buffers=False) as txn:
+                return fn(txn)
+
+        return self._retry(run)
+
+    def _check_schema(self, readonly: bool) -> None:
+        found = self._read(lambda txn: txn.get(b"schema", db=self._meta))
+        if found is None:
+            if readonly:
+                raise StoreError(f"{self.path} is not a seedtape store (no schema version)")
+            self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta, overwrite=False))
+            found = self._read(lambda txn: txn.get(b"schema", db=self._meta))
+        if found != str(SCHEMA_VERSION).encode():
+            raise StoreError(
+                f"the store at {self.path} has schema version {found.decode(errors='replace')}, "
+                f"but this seedtape reads version {SCHEMA_VERSION}: use a matching seedtape release "
+                "or record into a new --store"
+            )
+
+    # -- API ----------------------------------------------------------------
+
+    def put(self, entry: TapeEntry) -> TapeEntry:
+        """Store an entry for (key, fingerprint) and make its fingerprint the newest."""
+
+        def write(txn: lmdb.Transaction) -> TapeEntry:
+            k = _entry_key(entry.key, entry.fingerprint)
+            old = txn.get(k, db=self._entries)
+            if old is not None:
+                prev = TapeEntry.decode(old)
+                entry.first_recorded_at = prev.first_recorded_at or prev.recorded_at
+                entry.times_recorded = prev.times_recorded + 1
+            txn.put(k, entry.encode(), db=self._entries)
+            latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
+            txn.put(entry.key.encode(), latest, db=self._latest)
+            return entry
+
+        if not entry.recorded_at:
+            entry.recorded_at = time.time()
+        if not entry.first_recorded_at:
+            entry.first_recorded_at = entry.recorded_at
+        return self._write(write)
+
+    def latest_fingerprint(self, key: str) -> str | None:
+        raw = self._read(lambda txn: txn.get(key.encode(), db=self._latest))
+        return json.loads(raw)["fingerprint"] if raw else None
+
+    def get(self, key: str, fingerprint: str | None = None) -> TapeEntry | None:
+        """The entry for key under ``fingerprint``, or under its newest fingerprint."""
+
+        def read(txn: lmdb.Transaction) -> bytes | None:
+            fp = fingerprint
+            if fp is None:
+                raw = txn.get(key.encode(), db=self._latest)
+                if raw is None:
+                    return None
+                fp = json.loads(raw)["fingerprint"]
+            return txn.get(_entry_key(key, fp), db=self._entries)
+
+        raw = self._read(read)
+        return TapeEntry.decode(raw) if raw is not None else None
+
+    def fingerprints(self, key: str) -> list[str]:
+        prefix = f"{key}\0".encode()
+
+        def read(txn: lmdb.Transaction) -> list[str]:
+            cur = txn.cursor(db=self._entries)
+            out = []
+            if cur.set_range(prefix):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(prefix):
+                        break
+                    out.append(k[len(prefix) :].decode())
+            return out
+
+        return self._read(read)
+
+    def keys(self) -> list[str]:
+        """Every request key, sorted."""
+        return self._read(lambda txn: [k.decode() for k in txn.cursor(db=self._latest).iternext(values=False)])
+
+    def entries(self) -> Iterator[TapeEntry]:
+        """Every entry, in key then fingerprint order (read in one consistent snapshot)."""
+        raws = self._read(lambda txn: [v for _, v in txn.cursor(db=self._entries)])
+        for raw in raws:
+            yield TapeEntry.decode(raw)
+
+    def find(self, prefix: str) -> list[str]:
+        """Request keys that start with ``prefix``."""
+        p = prefix.encode()
+
+        def read(txn: lmdb.Transaction) -> list[str]:
+            cur = txn.cursor(db=self._latest)
+            out = []
+            if cur.set_range(p):
+                for k in cur.iternext(values=False):
+                    if not k.startswith(p):
+                        break
+                    out.append(k.decode())
+            return out
+
+        return self._read(read)
+
+    def stats(self) -> dict:
+        def read(txn: lmdb.Transaction) -> dict:
+            fps = {k.split(b"\0", 1)[1] for k in txn.cursor(db=self._entries).iternext(values=False)}
+            return {
+                "entries": txn.stat(self._entries)["entries"],
+                "request_keys": txn.stat(self._latest)["entries"],
+                "fingerprints": len(fps),
+            }
+
+        out = self._read(read)
+        files = [self.path / "data.mdb", self.path / "lock.mdb"]
+        out["size_bytes"] = sum(f.stat().st_size for f in files if f.exists())
+        out["map_size"] = self.env.info()["map_size"]
+        out["schema_version"] = SCHEMA_VERSION
+        out["path"] = str(self.path)
+        return out
+
+    def close(self) -> None:
+        self.env.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -1,0 +1,70 @@
+"""Tape entries: one recorded exchange for a (request key, fingerprint).
+
+Stored as a small JSON header followed by the raw response body, so replay
+gives back the exact bytes the upstream sent and the header stays readable.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import asdict, dataclass, field
+
+MAGIC = b"ST1"
+_LEN = struct.Struct(">I")
+
+NO_FINGERPRINT = "fp_none"  # stable stand-in when the upstream sends no system_fingerprint
+
+
+class CorruptEntry(ValueError):
+    """A stored value that is not a complete tape entry."""
+
+
+@dataclass
+class TapeEntry:
+    key: str
+    fingerprint: str
+    endpoint: str
+    request: dict  # the canonical request (CanonicalRequest.to_json())
+    status: int
+    headers: list[list[str]]
+    body: bytes
+    format: str = "json"  # "json" or "sse"
+    model: str = ""
+    namespace: str = ""
+    recorded_at: float = 0.0
+    first_recorded_at: float = 0.0
+    times_recorded: int = 1
+    upstream_ms: float | None = None
+    extra: dict = field(default_factory=dict)
+
+    def encode(self) -> bytes:
+        meta = asdict(self)
+        del meta["body"]
+        head = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+        return MAGIC + _LEN.pack(len(head)) + head + _LEN.pack(len(self.body)) + self.body
+
+    @classmethod
+    def decode(cls, data: bytes) -> TapeEntry:
+        data = bytes(data)
+        try:
+            if not data.startswith(MAGIC):
+                raise CorruptEntry("bad magic")
+            (hlen,) = _LEN.unpack_from(data, 3)
+            head = data[7 : 7 + hlen]
+            (blen,) = _LEN.unpack_from(data, 7 + hlen)
+            body = data[11 + hlen :]
+            if len(head) != hlen or len(body) != blen:
+                raise CorruptEntry("truncated")
+            meta = json.loads(head)
+        except (struct.error, ValueError) as e:
+            raise CorruptEntry(str(e)) from e
+        return cls(body=body, **meta)
+
+    def json_body(self) -> object | None:
+        if self.format != "json":
+            return None
+        try:
+            return json.loads(self.body)
+        except ValueError:
+            return None

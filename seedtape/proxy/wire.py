@@ -1,0 +1,11 @@
+"""Names of the headers seedtape reads and writes (README "Headers")."""
+
+STATUS = "seedtape-status"
+KEY = "seedtape-key"
+FINGERPRINT = "seedtape-fingerprint"
+SEED = "seedtape-seed"
+NAMESPACE = "seedtape-namespace"  # request: label that enters the key
+DIVERGENCE = "seedtape-divergence"
+
+# Request headers meant for seedtape only: never forwarded upstream.
+PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE,)

@@ -1,0 +1,219 @@
+"""A local OpenAI-compatible fake upstream for tests and benchmarks.
+
+Its output is a pure function of the request (messages or prompt, model, seed,
+temperature), so a replay can be compared with a live call. It logs every
+request it sees, its ``system_fingerprint`` can be changed at run time, and
+it can be told to fail. Run standalone: ``python tests/fake_upstream.py --port 0``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import random
+import threading
+import time
+import uuid
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
+         "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+
+
+def deterministic_text(request: dict, choice: int = 0, words: int = 12) -> str:
+    basis = json.dumps(
+        {k: request.get(k) for k in ("messages", "prompt", "input", "model", "seed", "temperature", "top_p")},
+        sort_keys=True,
+    )
+    digest = hashlib.sha256(f"{basis}|{choice}".encode()).digest()
+    return " ".join(WORDS[b % len(WORDS)] for b in digest[:words])
+
+
+class _Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 512  # the default (5) drops connections under 50 concurrent clients
+
+
+class FakeUpstream:
+    """Threaded HTTP server; ``log`` holds (method, path, headers, parsed body) of every request."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, fingerprint: str | None = "fp_fake_1"):
+        self.fingerprint = fingerprint
+        self.log: list[dict] = []
+        self.latency = 0.0  # seconds to wait before answering
+        self.fail_with: int | None = None  # answer every request with this status
+        self.noise = False
+        self.chunk_delay = 0.0  # seconds between streamed events  # add a random word to every answer (nondeterminism)
+        self._lock = threading.Lock()
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args):  # keep test output quiet
+                pass
+
+            def do_GET(self):
+                if self.path == "/_fake/log":
+                    with upstream._lock:
+                        return self._send(200, upstream.log)
+                if self.path.rstrip("/").endswith("/models"):
+                    return self._send(200, {"object": "list", "data": [{"id": "gpt-fake", "object": "model"}]})
+                self._send(404, {"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}})
+
+            def do_POST(self):
+                length = int(self.headers.get("content-length") or 0)
+                raw = self.rfile.read(length)
+                try:
+                    body = json.loads(raw)
+                except ValueError:
+                    body = None
+                with upstream._lock:
+                    upstream.log.append({"method": "POST", "path": self.path, "headers": dict(self.headers.items()), "body": body})
+                if upstream.latency:
+                    time.sleep(upstream.latency)
+                if upstream.fail_with:
+                    return self._send(upstream.fail_with, {"error": {"message": "fake failure", "type": "server_error", "code": None}})
+                if not isinstance(body, dict):
+                    return self._send(400, {"error": {"message": "body must be JSON", "type": "invalid_request_error"}})
+                path = self.path.split("?")[0]
+                if path.endswith("/chat/completions"):
+                    if body.get("stream"):
+                        return self._stream(upstream.chat_chunks(body))
+                    return self._send(200, upstream.chat(body))
+                if path.endswith("/completions"):
+                    return self._send(200, upstream.completion(body))
+                if path.endswith("/embeddings"):
+                    return self._send(200, upstream.embeddings(body))
+                self._send(404, {"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}})
+
+            def _send(self, status: int, payload: object):
+                data = json.dumps(payload).encode()
+                self.send_response(status)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(data)))
+                self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+                self.send_header("openai-processing-ms", "42")
+                self.send_header("openai-version", "2020-10-01")
+                self.send_header("openai-organization", "org-secret-fake")
+                self.send_header("x-ratelimit-remaining-requests", "9999")
+                self.send_header("set-cookie", "__cf_bm=secret-cookie; path=/")
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _stream(self, chunks: list[dict]):
+                self.send_response(200)
+                self.send_header("content-type", "text/event-stream; charset=utf-8")
+                self.send_header("transfer-encoding", "chunked")
+                self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
+                self.end_headers()
+                for event in [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]:
+                    self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
+                    self.wfile.flush()
+                    if upstream.chunk_delay:
+                        time.sleep(upstream.chunk_delay)
+                self.wfile.write(b"0\r\n\r\n")
+
+        self.server = _Server((host, port), Handler)
+        self.host, self.port = self.server.server_address[:2]
+        self._thread: threading.Thread | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://{self.host}:{self.port}"
+
+    def _text(self, body: dict, choice: int) -> str:
+        text = deterministic_text(body, choice)
+        if self.noise:
+            text += " " + random.choice(WORDS)
+        return text
+
+    def _common(self, body: dict, obj: str, prefix: str) -> dict:
+        out = {"id": f"{prefix}-{uuid.uuid4().hex[:24]}", "object": obj, "created": int(time.time()),
+               "model": body.get("model", "gpt-fake")}
+        if self.fingerprint is not None:
+            out["system_fingerprint"] = self.fingerprint
+        return out
+
+    def chat(self, body: dict) -> dict:
+        n = int(body.get("n") or 1)
+        choices = [{"index": i, "message": {"role": "assistant", "content": self._text(body, i), "refusal": None,
+                                            "annotations": []}, "logprobs": None, "finish_reason": "stop"}
+                   for i in range(n)]
+        return {**self._common(body, "chat.completion", "chatcmpl"), "choices": choices,
+                "usage": {"prompt_tokens": 10, "completion_tokens": 12 * n, "total_tokens": 10 + 12 * n}}
+
+    def chat_chunks(self, body: dict) -> list[dict]:
+        """The events of a streamed chat completion, ending with a usage chunk like the real API."""
+        full = self.chat(body)
+        base = {k: full[k] for k in ("id", "created", "model") if k in full} | {"object": "chat.completion.chunk"}
+        if "system_fingerprint" in full:
+            base["system_fingerprint"] = full["system_fingerprint"]
+        chunks = []
+        for c in full["choices"]:
+            i = c["index"]
+            chunks.append({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
+                                                "logprobs": None, "finish_reason": None}]})
+            words = c["message"]["content"].split(" ")
+            for j, w in enumerate(words):
+                piece = w if j == 0 else " " + w
+                chunks.append({**base, "choices": [{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": full["usage"]})
+        return chunks
+
+    def completion(self, body: dict) -> dict:
+        n = int(body.get("n") or 1)
+        choices = [{"index": i, "text": self._text(body, i), "logprobs": None, "finish_reason": "stop"} for i in range(n)]
+        return {**self._common(body, "text_completion", "cmpl"), "choices": choices,
+                "usage": {"prompt_tokens": 5, "completion_tokens": 12 * n, "total_tokens": 5 + 12 * n}}
+
+    def embeddings(self, body: dict) -> dict:
+        inputs = body.get("input")
+        inputs = inputs if isinstance(inputs, list) else [inputs]
+        data = []
+        for i, text in enumerate(inputs):
+            digest = hashlib.sha256(json.dumps(text).encode()).digest()
+            data.append({"object": "embedding", "index": i, "embedding": [(b - 128) / 128 for b in digest[:16]]})
+        out = {"object": "list", "data": data, "model": body.get("model", "emb-fake"),
+               "usage": {"prompt_tokens": 3, "total_tokens": 3}}
+        return out
+
+    def requests_to(self, suffix: str) -> list[dict]:
+        with self._lock:
+            return [r for r in self.log if r["path"].split("?")[0].endswith(suffix)]
+
+    def start(self) -> FakeUpstream:
+        self._thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self._thread.start()
+        return self
+
+    def stop(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+    def __enter__(self) -> FakeUpstream:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--port", type=int, default=0)
+    p.add_argument("--fingerprint", default="fp_fake_1")
+    a = p.parse_args()
+    up = FakeUpstream(a.host, a.port, a.fingerprint)
+    print(f"FAKE_UPSTREAM={up.url}", flush=True)
+    try:
+        up.server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+
+
+if __name__ == "__main__":
+    main()
