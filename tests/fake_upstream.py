@@ -44,7 +44,9 @@ class FakeUpstream:
         self.latency = 0.0  # seconds to wait before answering
         self.fail_with: int | None = None  # answer every request with this status
         self.noise = False
-        self.chunk_delay = 0.0  # seconds between streamed events  # add a random word to every answer (nondeterminism)
+        self.chunk_delay = 0.0  # seconds between streamed events
+        self.gate: threading.Event | None = None  # when set, [DONE] waits for it
+        self.stream_fault: str | None = None  # "cut" mid-event, "malformed" event, "error-event"  # add a random word to every answer (nondeterminism)
         self._lock = threading.Lock()
         upstream = self
 
@@ -83,6 +85,8 @@ class FakeUpstream:
                         return self._stream(upstream.chat_chunks(body))
                     return self._send(200, upstream.chat(body))
                 if path.endswith("/completions"):
+                    if body.get("stream"):
+                        return self._stream(upstream.completion_chunks(body))
                     return self._send(200, upstream.completion(body))
                 if path.endswith("/embeddings"):
                     return self._send(200, upstream.embeddings(body))
@@ -108,7 +112,21 @@ class FakeUpstream:
                 self.send_header("transfer-encoding", "chunked")
                 self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
                 self.end_headers()
-                for event in [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]:
+                events = [f"data: {json.dumps(c)}\n\n".encode() for c in chunks] + [b"data: [DONE]\n\n"]
+                fault = upstream.stream_fault
+                if fault == "malformed":
+                    events.insert(2, b"data: {not json\n\n")
+                if fault == "error-event":
+                    events.insert(2, b'data: {"error": {"message": "overloaded", "type": "server_error"}}\n\n')
+                for n, event in enumerate(events):
+                    if n == len(events) - 1 and upstream.gate is not None:
+                        upstream.gate.wait(30)  # hold [DONE] until the test has seen the first events
+                    if fault == "cut" and n == len(events) // 2:
+                        self.wfile.write(b"%x\r\n%s" % (len(event), event[: len(event) // 2]))  # mid-event
+                        self.wfile.flush()
+                        self.close_connection = True
+                        self.connection.shutdown(2)
+                        return
                     self.wfile.write(b"%x\r\n%s\r\n" % (len(event), event))
                     self.wfile.flush()
                     if upstream.chunk_delay:
@@ -136,30 +154,75 @@ class FakeUpstream:
             out["system_fingerprint"] = self.fingerprint
         return out
 
+    @staticmethod
+    def _last_user(body: dict) -> str:
+        for m in reversed(body.get("messages") or []):
+            if m.get("role") == "user":
+                return str(m.get("content"))
+        return str(body.get("prompt") or "")
+
+    @staticmethod
+    def _logprobs(text: str) -> dict:
+        return {"content": [{"token": w, "logprob": -0.1 * (i + 1), "bytes": list(w.encode()), "top_logprobs": []}
+                            for i, w in enumerate(text.split(" "))], "refusal": None}
+
     def chat(self, body: dict) -> dict:
-        n = int(body.get("n") or 1)
-        choices = [{"index": i, "message": {"role": "assistant", "content": self._text(body, i), "refusal": None,
-                                            "annotations": []}, "logprobs": None, "finish_reason": "stop"}
-                   for i in range(n)]
+        """Scenarios by the last user message: [tool] tool calls, [refuse] a refusal, [filter] content_filter."""
+        n, ask = int(body.get("n") or 1), self._last_user(body)
+        choices = []
+        for i in range(n):
+            text = self._text(body, i)
+            msg: dict = {"role": "assistant", "content": text, "refusal": None, "annotations": []}
+            finish = "stop"
+            if "[tool]" in ask:
+                msg["content"] = None
+                msg["tool_calls"] = [
+                    {"id": f"call_{i}_{j}", "type": "function",
+                     "function": {"name": f"lookup_{j}", "arguments": json.dumps({"query": text, "page": j})}}
+                    for j in range(2)]
+                finish = "tool_calls"
+            elif "[refuse]" in ask:
+                msg["content"], msg["refusal"] = None, "I can't help with that."
+            elif "[filter]" in ask:
+                finish = "content_filter"
+            elif body.get("max_tokens") == 3 or body.get("max_completion_tokens") == 3:
+                msg["content"] = " ".join(text.split(" ")[:3])
+                finish = "length"
+            lp = self._logprobs(msg["content"]) if body.get("logprobs") and msg["content"] else None
+            choices.append({"index": i, "message": msg, "logprobs": lp, "finish_reason": finish})
         return {**self._common(body, "chat.completion", "chatcmpl"), "choices": choices,
                 "usage": {"prompt_tokens": 10, "completion_tokens": 12 * n, "total_tokens": 10 + 12 * n}}
 
     def chat_chunks(self, body: dict) -> list[dict]:
-        """The events of a streamed chat completion, ending with a usage chunk like the real API."""
+        """The events of a streamed chat completion, split finely like the real API, usage chunk last."""
         full = self.chat(body)
         base = {k: full[k] for k in ("id", "created", "model") if k in full} | {"object": "chat.completion.chunk"}
         if "system_fingerprint" in full:
             base["system_fingerprint"] = full["system_fingerprint"]
+        base["obfuscation"] = "x"  # newer chunks carry a random field; assembling must ignore it
         chunks = []
+
+        def add(i, delta, finish=None, logprobs=None):
+            chunks.append({**base, "choices": [{"index": i, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]})
+
         for c in full["choices"]:
-            i = c["index"]
-            chunks.append({**base, "choices": [{"index": i, "delta": {"role": "assistant", "content": "", "refusal": None},
-                                                "logprobs": None, "finish_reason": None}]})
-            words = c["message"]["content"].split(" ")
-            for j, w in enumerate(words):
-                piece = w if j == 0 else " " + w
-                chunks.append({**base, "choices": [{"index": i, "delta": {"content": piece}, "logprobs": None, "finish_reason": None}]})
-            chunks.append({**base, "choices": [{"index": i, "delta": {}, "logprobs": None, "finish_reason": "stop"}]})
+            i, msg = c["index"], c["message"]
+            add(i, {"role": "assistant", "content": "" if msg["content"] is not None else None, "refusal": None})
+            if msg["content"]:
+                words = msg["content"].split(" ")
+                for j, w in enumerate(words):
+                    lp = {"content": [c["logprobs"]["content"][j]], "refusal": None} if c["logprobs"] else None
+                    add(i, {"content": w if j == 0 else " " + w}, logprobs=lp)
+            ref = msg.get("refusal") or ""
+            for k in range(0, len(ref), 6):
+                add(i, {"refusal": ref[k:k + 6]})
+            for j, tc in enumerate(msg.get("tool_calls") or []):
+                add(i, {"tool_calls": [{"index": j, "id": tc["id"], "type": "function",
+                                        "function": {"name": tc["function"]["name"], "arguments": ""}}]})
+                args = tc["function"]["arguments"]
+                for k in range(0, len(args), 7):  # argument fragments, as the API streams them
+                    add(i, {"tool_calls": [{"index": j, "function": {"arguments": args[k:k + 7]}}]})
+            add(i, {}, finish=c["finish_reason"])
         if (body.get("stream_options") or {}).get("include_usage"):
             chunks.append({**base, "choices": [], "usage": full["usage"]})
         return chunks
@@ -169,6 +232,18 @@ class FakeUpstream:
         choices = [{"index": i, "text": self._text(body, i), "logprobs": None, "finish_reason": "stop"} for i in range(n)]
         return {**self._common(body, "text_completion", "cmpl"), "choices": choices,
                 "usage": {"prompt_tokens": 5, "completion_tokens": 12 * n, "total_tokens": 5 + 12 * n}}
+
+    def completion_chunks(self, body: dict) -> list[dict]:
+        full = self.completion(body)
+        base = {k: full[k] for k in ("id", "created", "model", "system_fingerprint") if k in full} | {"object": "text_completion"}
+        chunks = []
+        for c in full["choices"]:
+            for j, w in enumerate(c["text"].split(" ")):
+                chunks.append({**base, "choices": [{"index": c["index"], "text": w if j == 0 else " " + w, "logprobs": None, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": c["index"], "text": "", "logprobs": None, "finish_reason": "stop"}]})
+        if (body.get("stream_options") or {}).get("include_usage"):
+            chunks.append({**base, "choices": [], "usage": full["usage"]})
+        return chunks
 
     def embeddings(self, body: dict) -> dict:
         inputs = body.get("input")

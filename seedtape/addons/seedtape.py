@@ -18,6 +18,7 @@ from seedtape.proxy import errors, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
+from seedtape.proxy.pacer import Pacer
 from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
 from seedtape.proxy.store import Store
 
@@ -25,6 +26,7 @@ log = logging.getLogger("seedtape")
 
 OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
 EXCHANGE = "seedtape_exchange"
+PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be recorded
 
 
 def upstream_of(modes: Sequence[str]) -> str:
@@ -42,6 +44,7 @@ class Seedtape:
     def __init__(self) -> None:
         self.deck: Tapedeck | None = None
         self.store: Store | None = None
+        self.pacer: Pacer | None = None
 
     def load(self, loader) -> None:
         loader.add_option("seedtape_store", str, ".seedtape", "Directory of the LMDB tape store.")
@@ -56,6 +59,8 @@ class Seedtape:
             "seedtape_ignore_field", Sequence[str], list(DEFAULT_IGNORED_FIELDS),
             "Top-level request fields that do not enter the request key.",
         )
+        loader.add_option("seedtape_replay_pace", float, 0.0,
+                          "Replay streams with their recorded gaps times this factor (0: send at once).")
         loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
 
     def configure(self, updated: set[str]) -> None:
@@ -73,13 +78,15 @@ class Seedtape:
                 ignored_fields=frozenset(ctx.options.seedtape_ignore_field),
                 fingerprint=ctx.options.seedtape_fingerprint or None,
                 upstream=upstream,
+                replay_pace=max(0.0, ctx.options.seedtape_replay_pace),
             ),
         )
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
             # Eager connects break offline replay and drop clients when the upstream is down.
             ctx.options.connection_strategy = "lazy"
 
-    def running(self) -> None:
+    async def running(self) -> None:
+        self.pacer = await Pacer().start()
         ps = ctx.master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps else []
         for host, port, *_ in addrs[:1]:
@@ -91,7 +98,9 @@ class Seedtape:
             s.mode.value, self.store.path, s.upstream, s.seed.seed if s.seed.inject else "off",
         )
 
-    def done(self) -> None:
+    async def done(self) -> None:
+        if self.pacer is not None:
+            await self.pacer.stop()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -120,13 +129,23 @@ class Seedtape:
             return
         ex = self.deck.begin(req.method, req.path, headers, content)
         flow.metadata[EXCHANGE] = ex
+        if ex.reply is not None and ex.reply.pace and self.pacer is not None:
+            # A paced stream is played by the loopback pacer and streams back like a live one.
+            flow.metadata[PACED] = True
+            req.scheme, req.host, req.port = "http", "127.0.0.1", self.pacer.port
+            req.path = self.pacer.register(ex.reply)
+            self._log(ex, ex.reply.status)
+            return
         if ex.reply is not None:
             flow.response = make_response(ex.reply.status, ex.reply.headers, ex.reply.body)
             flow.metadata[OWN_REPLY] = True
             self._log(ex, ex.reply.status)
-        elif ex.forward_body is not None:
+            return
+        if ex.forward_body is not None:
             req.headers.pop("content-encoding", None)  # the rewritten body goes out plain
             req.content = ex.forward_body
+        if ex.stream:
+            req.headers["accept-encoding"] = "identity"  # so the tap reads plain events
 
     def _reply(self, flow: http.HTTPFlow, err: errors.SeedtapeError) -> None:
         flow.response = make_response(err.status, [*err.all_headers().items(), (wire.STATUS, "error")], err.body())
@@ -136,23 +155,42 @@ class Seedtape:
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(OWN_REPLY) or flow.response is None:
             return
-        ctype = flow.response.headers.get("content-type", "")
-        if ctype.startswith("text/event-stream"):
-            # Pass events through as they arrive; headers go out right after this hook.
+        if flow.metadata.get(PACED):
             flow.response.stream = True
-            ex: Exchange | None = flow.metadata.get(EXCHANGE)
-            if ex is not None:
-                if ex.status == "live":
-                    ex.status = "unrecorded"
-                self._add_headers(flow, ex)
+            return
+        if not flow.response.headers.get("content-type", "").startswith("text/event-stream"):
+            return
+        # Pass events through as they arrive; headers go out right after this hook.
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        tape = self.deck.start_stream(ex) if ex is not None else None
+        if tape is None:
+            flow.response.stream = True
+        else:
+            status, headers = flow.response.status_code, list(flow.response.headers.items())
+
+            def tap(data: bytes) -> bytes:
+                try:
+                    tape.feed(data)
+                    if tape.done or not data:  # record as soon as the upstream completed
+                        self.deck.finish_stream(ex, status, headers)
+                except Exception:
+                    log.exception("seedtape: could not tape the stream of %s", flow.request.path)
+                    ex.tape, ex.status, ex.note = None, "unrecorded", "taping failed (see the log)"
+                return data
+
+            flow.response.stream = tap
+        if ex is not None:
+            self._add_headers(flow, ex)
 
     def response(self, flow: http.HTTPFlow) -> None:
-        if flow.metadata.get(OWN_REPLY) or flow.response is None:
+        if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
             return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         if ex is None:
             return
         if flow.response.stream:
+            if ex.tape is not None:  # an upstream that ended without [DONE] or a clean end
+                self.deck.finish_stream(ex, flow.response.status_code, list(flow.response.headers.items()))
             self._log(ex, flow.response.status_code)
             return
         resp = flow.response
@@ -168,9 +206,12 @@ class Seedtape:
     def error(self, flow: http.HTTPFlow) -> None:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = flow.error.msg if flow.error else "unknown error"
+        if ex is not None and ex.status == "recorded":
+            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, flow.request.path, msg)
+            return
         log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, flow.request.path, msg)
         if ex is not None:
-            ex.status = "error"
+            ex.tape, ex.status = None, "error"  # a cut stream is never recorded
 
     # -- helpers ------------------------------------------------------------
 

@@ -68,8 +68,10 @@ async def _run(options: dict) -> None:
 @click.option("--ignore-field", multiple=True, metavar="FIELD",
               help=f"Top-level body field kept out of the request key; repeatable. "
                    f"Replaces the default list ({', '.join(DEFAULT_IGNORED_FIELDS)}).")
+@click.option("--replay-pace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="FACTOR",
+              help="Replay recorded streams with their recorded gaps between events times FACTOR (0: at once).")
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
-def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, quiet):
+def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, replay_pace, quiet):
     """Run the recording/replay proxy in front of UPSTREAM."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
@@ -83,6 +85,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_seed=seed,
         seedtape_seed_injection=not no_seed_injection,
         seedtape_fingerprint=fingerprint,
+        seedtape_replay_pace=replay_pace,
         termlog_verbosity="warn" if quiet else "info",
     )
     if ignore_field:

@@ -11,12 +11,13 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import endpoints, errors, wire
+from . import convert, endpoints, errors, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
 from .endpoints import Endpoint
 from .modes import Mode
 from .seed import SeedPolicy
 from .store import Store
+from .streams import StreamTape
 from .tape import NO_FINGERPRINT, TapeEntry
 from .headers import safe_headers
 
@@ -28,6 +29,7 @@ class Settings:
     ignored_fields: frozenset[str] = frozenset(DEFAULT_IGNORED_FIELDS)
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = "https://api.openai.com"
+    replay_pace: float = 0.0  # replay streams with their recorded gaps times this factor (0: at once)
 
 
 @dataclass
@@ -37,6 +39,7 @@ class Reply:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    pace: list[tuple[float, bytes]] | None = None  # (seconds to wait, bytes to send), for paced streams
 
 
 @dataclass
@@ -49,6 +52,8 @@ class Exchange:
     canonical: CanonicalRequest | None = None
     seed: str = "none"
     stream: bool = False
+    include_usage: bool = False  # stream_options.include_usage as the client asked
+    tape: StreamTape | None = None  # the live stream being taped
     forward_body: bytes | None = None  # set when the forwarded body differs (seed injected)
     reply: Reply | None = None  # set when seedtape answers itself
     status: str = "passthrough"
@@ -129,7 +134,9 @@ class Tapedeck:
             if injected is not body:
                 body = injected
                 ex.forward_body = json.dumps(body, ensure_ascii=False).encode()
-        ex.stream = body.get("stream") is True
+        ex.stream = body.get("stream") is True and ex.endpoint.can_stream
+        opts = body.get("stream_options")
+        ex.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
         path_only, _, query = path.partition("?")
         ex.canonical = canonicalize(
             method,
@@ -139,14 +146,6 @@ class Tapedeck:
             ignored_fields=s.ignored_fields,
             namespace=headers.get(wire.NAMESPACE, ""),
         )
-
-        if ex.stream:
-            # Streams are forwarded live and not recorded (yet).
-            if s.mode is Mode.REPLAY:
-                return self._refuse(ex, errors.not_replayable(path_only, "was asked with stream=true, which seedtape cannot replay yet"))
-            ex.status = "live"
-            ex.note = "streamed responses are not recorded"
-            return ex
 
         if s.mode.serves_recordings:
             entry = self.store.get(ex.key, s.fingerprint)
@@ -167,10 +166,26 @@ class Tapedeck:
         return ""
 
     def _serve(self, ex: Exchange, entry: TapeEntry) -> Exchange:
+        """Answer from a recording, in the format the client asked for."""
         ex.status = "hit"
         ex.fingerprint = entry.fingerprint
-        headers = [(k, v) for k, v in entry.headers]
-        ex.reply = Reply(entry.status, headers + ex.headers(), entry.body)
+        body, pace = entry.body, None
+        want = "sse" if ex.stream else "json"
+        if entry.format == want == "sse":
+            recorded_usage = bool(entry.extra.get("include_usage"))
+            if recorded_usage and not ex.include_usage:
+                body = convert.restream(entry.sse_chunks(), include_usage=False)
+            elif self.settings.replay_pace > 0:
+                pace = paced(body, entry.extra.get("gaps") or [], self.settings.replay_pace)
+        elif entry.format == "json" and want == "sse":
+            body = convert.to_stream(entry.endpoint, json.loads(body), ex.include_usage)
+            ex.status = "hit; converted-from=json"
+        elif entry.format == "sse" and want == "json":
+            body = convert.to_completion(entry.endpoint, entry.sse_chunks())
+            ex.status = "hit; converted-from=sse"
+        ctype = "text/event-stream; charset=utf-8" if want == "sse" else "application/json"
+        headers = [(k, v) for k, v in entry.headers if k != "content-type"] + [("content-type", ctype)]
+        ex.reply = Reply(entry.status, headers + ex.headers(), body, pace)
         return ex
 
     def _refuse(self, ex: Exchange, err: errors.SeedtapeError, status: str = "error") -> Exchange:
@@ -191,18 +206,44 @@ class Tapedeck:
             body = None
         if isinstance(body, dict):
             ex.fingerprint = fingerprint_of(body)
-        if ex.stream:
-            ex.status = "unrecorded"
-            return ex
         if not 200 <= status < 300:
             ex.status, ex.note = "unrecorded", f"upstream answered {status}"
             return ex
         if not isinstance(body, dict) or "error" in body:
             ex.status, ex.note = "unrecorded", "upstream body is not a JSON completion"
             return ex
+        return self._record(ex, status, headers, content, "json", str(body.get("model") or ""), {})
+
+    def start_stream(self, ex: Exchange) -> StreamTape | None:
+        """A live event stream is about to pass: return a tape for it if it may be recorded."""
+        if ex.status != "live" or ex.canonical is None:
+            return None
+        ex.tape = StreamTape()
+        ex.status = "recording" if self.settings.mode.records else "live"
+        return ex.tape
+
+    def finish_stream(self, ex: Exchange, status: int, headers: list[tuple[str, str]]) -> Exchange:
+        """Record a taped stream once, if the upstream completed it."""
+        tape = ex.tape
+        if tape is None or ex.status not in ("recording", "live"):
+            return ex
+        ex.tape = None  # taken: a second call (end of body, then the response hook) records nothing more
+        ex.fingerprint = tape.fingerprint or NO_FINGERPRINT
+        why = tape.verdict() or (f"upstream answered {status}" if not 200 <= status < 300 else "")
+        if why:
+            ex.status, ex.note = "unrecorded", why
+            return ex
+        if ex.status == "live":
+            return ex
+        model = next((c["model"] for c in tape.chunks if c.get("model")), "")
+        extra = {"gaps": tape.gaps, "include_usage": ex.include_usage}
+        return self._record(ex, status, headers, bytes(tape.raw), "sse", str(model), extra)
+
+    def _record(self, ex: Exchange, status: int, headers: list[tuple[str, str]], content: bytes,
+                fmt: str, model: str, extra: dict) -> Exchange:
         if not self.settings.mode.records:
             return ex
-        model = body.get("model") or (ex.canonical.body or {}).get("model", "")
+        assert ex.canonical is not None and ex.endpoint is not None
         self.store.put(
             TapeEntry(
                 key=ex.key,
@@ -212,11 +253,26 @@ class Tapedeck:
                 status=status,
                 headers=safe_headers(headers),
                 body=content,
-                format="json",
-                model=str(model),
+                format=fmt,
+                model=model or str((ex.canonical.body or {}).get("model", "")),
                 namespace=ex.canonical.namespace,
                 upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
+                extra=extra,
             )
         )
         ex.status = "recorded"
         return ex
+
+
+def paced(body: bytes, gaps: list[list[float]], factor: float) -> list[tuple[float, bytes]]:
+    """Split a recorded stream at its recorded reads, with the gaps between them scaled."""
+    out, start, last_t = [], 0, 0.0
+    for offset, t in gaps:
+        offset = int(offset)
+        if offset <= start or offset > len(body):
+            continue
+        out.append((max(0.0, (t - last_t) * factor), body[start:offset]))
+        start, last_t = offset, t
+    if start < len(body):
+        out.append((0.0, body[start:]))
+    return out

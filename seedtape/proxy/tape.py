@@ -10,6 +10,8 @@ import json
 import struct
 from dataclasses import asdict, dataclass, field
 
+from .sse import DONE, parse
+
 MAGIC = b"ST1"
 _LEN = struct.Struct(">I")
 
@@ -60,6 +62,10 @@ class TapeEntry:
         except (struct.error, ValueError) as e:
             raise CorruptEntry(str(e)) from e
         return cls(body=body, **meta)
+
+    def sse_chunks(self) -> list[dict]:
+        """The JSON chunks of a recorded stream, without [DONE]."""
+        return [json.loads(e.data) for e in parse(self.body) if e.data != DONE]
 
     def json_body(self) -> object | None:
         if self.format != "json":
