@@ -43,15 +43,16 @@ class FakeUpstream:
         self.log: list[dict] = []
         self.latency = 0.0  # seconds to wait before answering
         self.fail_with: int | None = None  # answer every request with this status
-        self.noise = False
+        self.noise = False  # add a random word to every answer (nondeterminism)
         self.chunk_delay = 0.0  # seconds between streamed events
         self.gate: threading.Event | None = None  # when set, [DONE] waits for it
-        self.stream_fault: str | None = None  # "cut" mid-event, "malformed" event, "error-event"  # add a random word to every answer (nondeterminism)
+        self.stream_fault: str | None = None  # "cut" mid-event, "malformed" event, "error-event"
         self._lock = threading.Lock()
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
             protocol_version = "HTTP/1.1"
+            disable_nagle_algorithm = True  # else Nagle + delayed ACK hold every keep-alive answer ~40 ms
 
             def log_message(self, *args):  # keep test output quiet
                 pass

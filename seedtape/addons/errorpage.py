@@ -6,8 +6,8 @@ sent. SDKs cannot read HTML (the Node SDK drops a non-OpenAI error body), so
 this module swaps mitmproxy's HTTP/1 error writer for one that answers with
 seedtape's JSON error. This is the one patch of mitmproxy internals in
 seedtape; it targets ``mitmproxy.proxy.layers.http._http1.make_error_response``
-(mitmproxy 12, pinned in pyproject.toml) and tests/test_upstream_errors.py
-checks it on every run.
+(mitmproxy 12, pinned in pyproject.toml); test_upstream_unreachable_gives_openai_shaped_502
+in tests/test_proxy_e2e.py checks it on every run.
 """
 
 from __future__ import annotations

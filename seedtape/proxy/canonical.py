@@ -26,6 +26,7 @@ import json
 import math
 import re
 from dataclasses import dataclass
+from functools import cached_property
 from urllib.parse import parse_qsl
 
 KEY_VERSION = 1
@@ -60,7 +61,7 @@ class CanonicalRequest:
     def canonical_bytes(self) -> bytes:
         return dumps_canonical(self.to_json())
 
-    @property
+    @cached_property  # a hit reads it several times; compute the sha256 once
     def key(self) -> str:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 

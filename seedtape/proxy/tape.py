@@ -43,7 +43,8 @@ class TapeEntry:
     def encode(self) -> bytes:
         meta = asdict(self)
         del meta["body"]
-        head = json.dumps(meta, separators=(",", ":"), ensure_ascii=False).encode()
+        # ASCII escapes: a request may hold lone surrogates ("\ud800" is valid JSON, not valid UTF-8).
+        head = json.dumps(meta, separators=(",", ":")).encode()
         return MAGIC + _LEN.pack(len(head)) + head + _LEN.pack(len(self.body)) + self.body
 
     @classmethod
@@ -59,9 +60,11 @@ class TapeEntry:
             if len(head) != hlen or len(body) != blen:
                 raise CorruptEntry("truncated")
             meta = json.loads(head)
-        except (struct.error, ValueError) as e:
+            if not isinstance(meta, dict):
+                raise CorruptEntry("the header is not an object")
+            return cls(body=body, **{k: v for k, v in meta.items() if k in _FIELDS})
+        except (struct.error, ValueError, TypeError) as e:
             raise CorruptEntry(str(e)) from e
-        return cls(body=body, **meta)
 
     def sse_chunks(self) -> list[dict]:
         """The JSON chunks of a recorded stream, without [DONE]."""
@@ -74,3 +77,6 @@ class TapeEntry:
             return json.loads(self.body)
         except ValueError:
             return None
+
+
+_FIELDS = frozenset(TapeEntry.__dataclass_fields__) - {"body"}
