@@ -23,7 +23,7 @@ single-threaded proxy was the bottleneck; a "cli cpu" near 100% means the load g
 "cpu us/req" (server CPU time per request, median over runs) is the steadiest figure when other
 work shares the machine; req/s and latency move with it.
 
-    /work/venv/bin/python bench/bench_replay.py [--duration 4] [--concurrency 8] [--repeats 3]
+    ./dev bench    # or: .venv/bin/python bench/bench_replay.py [--duration 4] [--concurrency 8] [--repeats 3]
 """
 
 from __future__ import annotations
