@@ -43,7 +43,8 @@ class FakeUpstream:
         self.log: list[dict] = []
         self.latency = 0.0  # seconds to wait before answering
         self.fail_with: int | None = None  # answer every request with this status
-        self.noise = False  # add a random word to every answer (nondeterminism)
+        self.fail_next: list[int] = []  # answer the next requests with these statuses, one each
+        self.noise: bool | str = False  # True: random words in every answer; "unseeded": only without a seed
         self.chunk_delay = 0.0  # seconds between streamed events
         self.gate: threading.Event | None = None  # when set, [DONE] waits for it
         self.stream_fault: str | None = None  # "cut" mid-event, "malformed" event, "error-event"
@@ -76,8 +77,11 @@ class FakeUpstream:
                     upstream.log.append({"method": "POST", "path": self.path, "headers": dict(self.headers.items()), "body": body})
                 if upstream.latency:
                     time.sleep(upstream.latency)
-                if upstream.fail_with:
-                    return self._send(upstream.fail_with, {"error": {"message": "fake failure", "type": "server_error", "code": None}})
+                with upstream._lock:
+                    status = upstream.fail_next.pop(0) if upstream.fail_next else upstream.fail_with
+                if status:
+                    return self._send(status, {"error": {"message": "fake failure", "type": "server_error", "code": None}},
+                                      {"retry-after": "0"} if status == 429 else {})
                 if not isinstance(body, dict):
                     return self._send(400, {"error": {"message": "body must be JSON", "type": "invalid_request_error"}})
                 path = self.path.split("?")[0]
@@ -93,9 +97,11 @@ class FakeUpstream:
                     return self._send(200, upstream.embeddings(body))
                 self._send(404, {"error": {"message": f"unknown path {self.path}", "type": "invalid_request_error"}})
 
-            def _send(self, status: int, payload: object):
+            def _send(self, status: int, payload: object, extra: dict | None = None):
                 data = json.dumps(payload).encode()
                 self.send_response(status)
+                for k, v in (extra or {}).items():
+                    self.send_header(k, v)
                 self.send_header("content-type", "application/json")
                 self.send_header("content-length", str(len(data)))
                 self.send_header("x-request-id", f"req_{uuid.uuid4().hex}")
@@ -144,8 +150,8 @@ class FakeUpstream:
 
     def _text(self, body: dict, choice: int) -> str:
         text = deterministic_text(body, choice)
-        if self.noise:
-            text += " " + random.choice(WORDS)
+        if self.noise is True or (self.noise == "unseeded" and body.get("seed") is None):
+            text += " " + " ".join(random.choice(WORDS) for _ in range(3))
         return text
 
     def _common(self, body: dict, obj: str, prefix: str) -> dict:
@@ -282,8 +288,13 @@ def main() -> None:
     p.add_argument("--host", default="127.0.0.1")
     p.add_argument("--port", type=int, default=0)
     p.add_argument("--fingerprint", default="fp_fake_1")
+    p.add_argument("--noise", choices=["off", "on", "unseeded"], default="off",
+                   help="add random words to answers: never, always, or only to requests without a seed")
+    p.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed events (default 0)")
     a = p.parse_args()
     up = FakeUpstream(a.host, a.port, a.fingerprint)
+    up.chunk_delay = a.chunk_delay
+    up.noise = {"off": False, "on": True, "unseeded": "unseeded"}[a.noise]
     print(f"FAKE_UPSTREAM={up.url}", flush=True)
     try:
         up.server.serve_forever()

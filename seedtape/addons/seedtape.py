@@ -11,10 +11,11 @@ import time
 from collections.abc import Sequence
 from typing import Optional
 
+import httpx
 from mitmproxy import ctx, http
 
 from seedtape.addons import errorpage
-from seedtape.proxy import errors, wire
+from seedtape.proxy import divergence, embedder, errors, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -59,6 +60,8 @@ class Seedtape:
             "seedtape_ignore_field", Sequence[str], list(DEFAULT_IGNORED_FIELDS),
             "Top-level request fields that do not enter the request key.",
         )
+        loader.add_option("seedtape_embedding_model", Optional[str], None,
+                          "Also compare live and recorded outputs by the cosine distance of their embeddings.")
         loader.add_option("seedtape_replay_pace", float, 0.0,
                           "Replay streams with their recorded gaps times this factor (0: send at once).")
         loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
@@ -79,6 +82,7 @@ class Seedtape:
                 fingerprint=ctx.options.seedtape_fingerprint or None,
                 upstream=upstream,
                 replay_pace=max(0.0, ctx.options.seedtape_replay_pace),
+                embedding_model=ctx.options.seedtape_embedding_model or None,
             ),
         )
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
@@ -171,8 +175,9 @@ class Seedtape:
             def tap(data: bytes) -> bytes:
                 try:
                     tape.feed(data)
-                    if tape.done or not data:  # record as soon as the upstream completed
+                    if (tape.done or not data) and ex.tape is not None:  # record as soon as the upstream completed
                         self.deck.finish_stream(ex, status, headers)
+                        self.deck.note_divergence(ex)
                 except Exception:
                     log.exception("seedtape: could not tape the stream of %s", flow.request.path)
                     ex.tape, ex.status, ex.note = None, "unrecorded", "taping failed (see the log)"
@@ -182,7 +187,22 @@ class Seedtape:
         if ex is not None:
             self._add_headers(flow, ex)
 
-    def response(self, flow: http.HTTPFlow) -> None:
+    async def _embedding_distance(self, ex: Exchange, flow: http.HTTPFlow) -> float | None:
+        """With seedtape_embedding_model: cosine distance of live and recorded output embeddings."""
+        model = self.deck.settings.embedding_model
+        if not model or ex.divergence is None or ex.recorded is None or ex.live_output is None:
+            return None
+        auth = {k: v for k, v in flow.request.headers.items() if k.lower() in ("authorization", "api-key")}
+        recorded = divergence.outputs(ex.recorded.endpoint, ex.recorded.format, ex.recorded.body)
+        try:
+            async with httpx.AsyncClient() as client:
+                return await embedder.distance(client, self.deck.settings.upstream, model,
+                                               divergence.text_of(recorded), divergence.text_of(ex.live_output), auth)
+        except (httpx.HTTPError, KeyError, ValueError) as e:
+            log.warning("seedtape: no embedding distance for key=%s: %s", ex.key[:12], e)
+            return None
+
+    async def response(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
             return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
@@ -191,12 +211,14 @@ class Seedtape:
         if flow.response.stream:
             if ex.tape is not None:  # an upstream that ended without [DONE] or a clean end
                 self.deck.finish_stream(ex, flow.response.status_code, list(flow.response.headers.items()))
+                self.deck.note_divergence(ex)
             self._log(ex, flow.response.status_code)
             return
         resp = flow.response
         try:
             content = resp.get_content(strict=False) or b""
             self.deck.finish(ex, resp.status_code, list(resp.headers.items()), content)
+            self.deck.note_divergence(ex, await self._embedding_distance(ex, flow))
         except Exception:
             log.exception("seedtape: could not record %s %s", flow.request.method, flow.request.path)
             ex.status, ex.note = "unrecorded", "recording failed (see the log)"
@@ -225,6 +247,8 @@ class Seedtape:
         ms = (time.monotonic() - ex.started) * 1000
         key = ex.key[:12] or "-"
         extra = f" ({ex.note})" if ex.note and ex.status != "hit" else ""
+        if ex.divergence is not None:
+            extra += f" divergence={ex.divergence.header()}"
         log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, ex.path.split("?", 1)[0], key, ex.fingerprint or "-", status, ms, extra)
 
 

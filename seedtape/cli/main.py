@@ -5,6 +5,7 @@ from __future__ import annotations
 import click
 
 from seedtape import __version__
+from seedtape.cli.audit import audit_cmd, events
 from seedtape.cli.inspection import ls, show, stats
 from seedtape.cli.serve import serve
 
@@ -15,7 +16,7 @@ def cli() -> None:
     """seedtape: record, replay and audit OpenAI-compatible API calls."""
 
 
-for command in (serve, ls, show, stats):
+for command in (serve, ls, show, stats, audit_cmd, events):
     cli.add_command(command)
 
 main = cli

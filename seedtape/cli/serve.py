@@ -59,7 +59,8 @@ async def _run(options: dict) -> None:
               type=click.Path(file_okay=False), help="LMDB store directory (env SEEDTAPE_STORE).")
 @click.option("--mode", type=click.Choice(MODE_NAMES), default="auto", show_default=True, envvar="SEEDTAPE_MODE",
               help="auto: replay hits, record misses. replay: offline, a miss is an error. "
-                   "record: always live, store. passthrough: forward untouched (env SEEDTAPE_MODE).")
+                   "record: always live, store. audit: always live, compare with the recording, store nothing. "
+                   "passthrough: forward untouched (env SEEDTAPE_MODE).")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True,
               help="Seed injected into chat/completions requests that carry none.")
 @click.option("--no-seed-injection", is_flag=True, help="Forward requests without a seed as they are.")
@@ -68,10 +69,13 @@ async def _run(options: dict) -> None:
 @click.option("--ignore-field", multiple=True, metavar="FIELD",
               help=f"Top-level body field kept out of the request key; repeatable. "
                    f"Replaces the default list ({', '.join(DEFAULT_IGNORED_FIELDS)}).")
+@click.option("--embedding-model", default=None, metavar="NAME",
+              help="In audit/record mode, also measure the cosine distance of live and recorded outputs "
+                   "with this embedding model, fetched through the upstream's /v1/embeddings.")
 @click.option("--replay-pace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="FACTOR",
               help="Replay recorded streams with their recorded gaps between events times FACTOR (0: at once).")
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
-def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, replay_pace, quiet):
+def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, quiet):
     """Run the recording/replay proxy in front of UPSTREAM."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
@@ -86,6 +90,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_seed_injection=not no_seed_injection,
         seedtape_fingerprint=fingerprint,
         seedtape_replay_pace=replay_pace,
+        seedtape_embedding_model=embedding_model,
         termlog_verbosity="warn" if quiet else "info",
     )
     if ignore_field:

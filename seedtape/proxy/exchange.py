@@ -11,14 +11,14 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import convert, endpoints, errors, wire
+from . import convert, divergence, endpoints, errors, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
 from .endpoints import Endpoint
 from .modes import Mode
 from .seed import SeedPolicy
 from .store import Store
 from .streams import StreamTape
-from .tape import NO_FINGERPRINT, TapeEntry
+from .tape import NO_FINGERPRINT, TapeEntry, fingerprint_of
 from .headers import safe_headers
 
 
@@ -29,6 +29,7 @@ class Settings:
     ignored_fields: frozenset[str] = frozenset(DEFAULT_IGNORED_FIELDS)
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = "https://api.openai.com"
+    embedding_model: str | None = None  # also compare live and recorded outputs by embedding distance
     replay_pace: float = 0.0  # replay streams with their recorded gaps times this factor (0: at once)
 
 
@@ -54,6 +55,9 @@ class Exchange:
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage as the client asked
     tape: StreamTape | None = None  # the live stream being taped
+    recorded: TapeEntry | None = None  # the recording a live answer is compared with
+    divergence: divergence.Divergence | None = None
+    live_output: list | None = None
     forward_body: bytes | None = None  # set when the forwarded body differs (seed injected)
     reply: Reply | None = None  # set when seedtape answers itself
     status: str = "passthrough"
@@ -72,6 +76,8 @@ class Exchange:
             out += [(wire.KEY, self.key), (wire.SEED, self.seed)]
         if self.fingerprint:
             out.append((wire.FINGERPRINT, self.fingerprint))
+        if self.divergence:
+            out.append((wire.DIVERGENCE, self.divergence.header()))
         return out
 
 
@@ -94,12 +100,12 @@ def _json_object(content: bytes) -> dict:
     return body
 
 
-def fingerprint_of(body: object) -> str:
-    if isinstance(body, dict):
-        fp = body.get("system_fingerprint")
-        if isinstance(fp, str) and fp:
-            return fp
-    return NO_FINGERPRINT
+def encode_json(body: object) -> bytes:
+    """UTF-8 JSON; ASCII escapes only when the body holds lone surrogates (valid JSON, not UTF-8)."""
+    try:
+        return json.dumps(body, ensure_ascii=False).encode()
+    except UnicodeEncodeError:
+        return json.dumps(body).encode()
 
 
 class Tapedeck:
@@ -133,7 +139,7 @@ class Tapedeck:
             injected, ex.seed = s.seed.apply(body)
             if injected is not body:
                 body = injected
-                ex.forward_body = json.dumps(body, ensure_ascii=False).encode()
+                ex.forward_body = encode_json(body)
         ex.stream = body.get("stream") is True and ex.endpoint.can_stream
         opts = body.get("stream_options")
         ex.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
@@ -155,6 +161,8 @@ class Tapedeck:
                 ex.status = "miss"
                 return self._refuse(ex, errors.replay_miss(ex.key, path_only, self._miss_detail(ex.key)), status="miss")
         ex.status = "live"
+        # The live answer will be compared with what replay would serve for this key.
+        ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
         return ex
 
     def _miss_detail(self, key: str) -> str:
@@ -212,7 +220,38 @@ class Tapedeck:
         if not isinstance(body, dict) or "error" in body:
             ex.status, ex.note = "unrecorded", "upstream body is not a JSON completion"
             return ex
+        self._compare(ex, "json", content)
         return self._record(ex, status, headers, content, "json", str(body.get("model") or ""), {})
+
+    def _compare(self, ex: Exchange, fmt: str, content: bytes) -> None:
+        """Set ex.divergence when there is a recording to compare the live answer with."""
+        rec = ex.recorded
+        if rec is None or ex.endpoint is None:
+            return
+        try:
+            ex.live_output = divergence.outputs(ex.endpoint.name, fmt, content)
+            ex.divergence = divergence.compare(
+                divergence.outputs(rec.endpoint, rec.format, rec.body), rec.fingerprint, ex.live_output, ex.fingerprint,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ex.note = "could not compare with the recording"
+            return
+
+    def note_divergence(self, ex: Exchange, embedding_distance: float | None = None) -> dict | None:
+        """Store the audit event of a compared exchange (all of them in audit mode, disagreements otherwise)."""
+        d, rec = ex.divergence, ex.recorded
+        if d is None or rec is None or (d.verdict == "match" and self.settings.mode is not Mode.AUDIT):
+            return None
+        event = {
+            "time": time.time(), "source": "proxy", "mode": self.settings.mode.value, "key": ex.key,
+            "endpoint": rec.endpoint, "model": rec.model, "namespace": rec.namespace,
+            "recorded_fingerprint": d.recorded_fingerprint, "live_fingerprint": d.live_fingerprint,
+            "verdict": d.verdict, "similarity": d.similarity, "embedding_distance": embedding_distance,
+            "recorded_output": divergence.outputs(rec.endpoint, rec.format, rec.body),
+            "live_output": ex.live_output,
+        }
+        self.store.add_event(event)
+        return event
 
     def start_stream(self, ex: Exchange) -> StreamTape | None:
         """A live event stream is about to pass: return a tape for it if it may be recorded."""
@@ -233,6 +272,7 @@ class Tapedeck:
         if why:
             ex.status, ex.note = "unrecorded", why
             return ex
+        self._compare(ex, "sse", bytes(tape.raw))
         if ex.status == "live":
             return ex
         model = next((c["model"] for c in tape.chunks if c.get("model")), "")

@@ -9,6 +9,7 @@ class Mode(StrEnum):
     AUTO = "auto"  # replay hits, record misses (default)
     REPLAY = "replay"  # offline only: a miss is an error, the upstream is never contacted
     RECORD = "record"  # always live, store every good answer
+    AUDIT = "audit"  # always live, compare with the recording, never change what replay serves
     PASSTHROUGH = "passthrough"  # forward untouched, record nothing
 
     @property

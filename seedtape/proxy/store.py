@@ -5,6 +5,7 @@ Layout (named sub-databases in one LMDB environment):
 - ``meta``:    ``schema`` -> schema version, so an old binary never misreads a new store.
 - ``entries``: ``<request key>\\0<fingerprint>`` -> encoded TapeEntry.
 - ``latest``:  ``<request key>`` -> the fingerprint recorded most recently for it.
+- ``events``:  ``<ns timestamp>-<random>`` -> an audit event (JSON), in time order.
 
 LMDB gives one writer at a time across processes and lock-free readers, so
 several proxies can share one store. Every commit is synced to disk (LMDB's
@@ -51,7 +52,7 @@ class Store:
             self.env = lmdb.open(
                 str(self.path),
                 map_size=map_size,
-                max_dbs=4,
+                max_dbs=8,
                 mode=0o600,
                 readonly=readonly,
                 create=not readonly,
@@ -61,9 +62,11 @@ class Store:
             raise StoreError(f"cannot open the store at {self.path}: {e}") from e
         if not readonly:
             self.env.reader_check()  # free reader slots left by killed processes
-        self._meta = self.env.open_db(b"meta", create=not readonly)
-        self._entries = self.env.open_db(b"entries", create=not readonly)
-        self._latest = self.env.open_db(b"latest", create=not readonly)
+        # open_db runs a transaction: it too must adopt a map another process grew.
+        self._meta, self._entries, self._latest, self._events = (
+            self._retry(lambda name=name: self.env.open_db(name, create=not readonly))
+            for name in (b"meta", b"entries", b"latest", b"events")
+        )
         self._check_schema(readonly)
 
     # -- plumbing ---------------------------------------------------------
@@ -111,19 +114,24 @@ class Store:
 
     # -- API ----------------------------------------------------------------
 
-    def put(self, entry: TapeEntry) -> TapeEntry:
-        """Store an entry for (key, fingerprint) and make its fingerprint the newest."""
+    def put(self, entry: TapeEntry, *, as_is: bool = False) -> TapeEntry:
+        """Store an entry for (key, fingerprint); the most recently recorded fingerprint becomes the newest.
+
+        ``as_is`` (import) keeps the entry's own timestamps and counts.
+        """
 
         def write(txn: lmdb.Transaction) -> TapeEntry:
             k = _entry_key(entry.key, entry.fingerprint)
             old = txn.get(k, db=self._entries)
-            if old is not None:
+            if old is not None and not as_is:
                 prev = TapeEntry.decode(old)
                 entry.first_recorded_at = prev.first_recorded_at or prev.recorded_at
                 entry.times_recorded = prev.times_recorded + 1
             txn.put(k, entry.encode(), db=self._entries)
-            latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
-            txn.put(entry.key.encode(), latest, db=self._latest)
+            cur = txn.get(entry.key.encode(), db=self._latest)
+            if cur is None or json.loads(cur)["recorded_at"] <= entry.recorded_at:
+                latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
+                txn.put(entry.key.encode(), latest, db=self._latest)
             return entry
 
         if not entry.recorded_at:
@@ -131,6 +139,41 @@ class Store:
         if not entry.first_recorded_at:
             entry.first_recorded_at = entry.recorded_at
         return self._write(write)
+
+    def delete(self, key: str, fingerprint: str) -> bool:
+        """Remove one entry; the key's newest fingerprint falls back to the next most recent."""
+
+        def write(txn: lmdb.Transaction) -> bool:
+            if not txn.delete(_entry_key(key, fingerprint), db=self._entries):
+                return False
+            prefix = f"{key}\0".encode()
+            best: tuple[float, str] | None = None
+            cur = txn.cursor(db=self._entries)
+            if cur.set_range(prefix):
+                for k, v in cur:
+                    if not k.startswith(prefix):
+                        break
+                    e = TapeEntry.decode(v)
+                    if best is None or e.recorded_at >= best[0]:
+                        best = (e.recorded_at, e.fingerprint)
+            if best is None:
+                txn.delete(key.encode(), db=self._latest)
+            else:
+                txn.put(key.encode(), json.dumps({"fingerprint": best[1], "recorded_at": best[0]}).encode(), db=self._latest)
+            return True
+
+        return self._write(write)
+
+    def add_event(self, event: dict) -> str:
+        """Append an audit event; returns its id (sortable by time)."""
+        event_id = f"{time.time_ns():020d}-{os.urandom(4).hex()}"
+        data = json.dumps({"id": event_id, **event}, ensure_ascii=False).encode()
+        self._write(lambda txn: txn.put(event_id.encode(), data, db=self._events))
+        return event_id
+
+    def events(self) -> list[dict]:
+        """Every audit event, oldest first."""
+        return self._read(lambda txn: [json.loads(v) for _, v in txn.cursor(db=self._events)])
 
     def latest_fingerprint(self, key: str) -> str | None:
         raw = self._read(lambda txn: txn.get(key.encode(), db=self._latest))
@@ -198,6 +241,7 @@ class Store:
             return {
                 "entries": txn.stat(self._entries)["entries"],
                 "request_keys": txn.stat(self._latest)["entries"],
+                "events": txn.stat(self._events)["entries"],
                 "fingerprints": len(fps),
             }
 

@@ -18,6 +18,15 @@ _LEN = struct.Struct(">I")
 NO_FINGERPRINT = "fp_none"  # stable stand-in when the upstream sends no system_fingerprint
 
 
+def fingerprint_of(body: object) -> str:
+    """The system_fingerprint of a response body, or the stable stand-in."""
+    if isinstance(body, dict):
+        fp = body.get("system_fingerprint")
+        if isinstance(fp, str) and fp:
+            return fp
+    return NO_FINGERPRINT
+
+
 class CorruptEntry(ValueError):
     """A stored value that is not a complete tape entry."""
 

@@ -1,0 +1,243 @@
+"""The drift audit: re-send stored requests live and measure how far the answers moved.
+
+For each recorded request it gathers ``repeats`` live samples (concurrently,
+retrying 429 and 5xx with backoff), compares every sample with the recording
+(verdict and similarity, see divergence.py) and the samples with each other,
+and stores each sample as an audit event. Recordings are never changed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from urllib.parse import urlencode
+
+import httpx
+import numpy as np
+
+from . import divergence, embedder
+from .store import Store
+from .tape import TapeEntry, fingerprint_of
+
+RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
+
+
+@dataclass
+class Sample:
+    fingerprint: str = ""
+    verdict: str = ""
+    similarity: float | None = None
+    embedding_distance: float | None = None
+    output: list | None = None
+    error: str = ""
+    attempts: int = 0
+    time: float = 0.0
+
+
+@dataclass
+class RequestReport:
+    key: str
+    model: str
+    endpoint: str
+    prompt: str
+    recorded_fingerprint: str
+    recorded_at: float
+    samples: list[Sample] = field(default_factory=list)
+    fingerprints_seen: list[str] = field(default_factory=list)
+    verdicts: dict[str, int] = field(default_factory=dict)
+    identical: int = 0  # samples whose output equals the recording's
+    identical_share: float | None = None
+    mean_similarity_to_recording: float | None = None
+    mean_pairwise_similarity: float | None = None
+    mean_embedding_distance_to_recording: float | None = None
+    mean_pairwise_embedding_distance: float | None = None
+    errors: int = 0
+
+
+@dataclass
+class AuditReport:
+    upstream: str
+    repeats: int
+    started: float
+    finished: float = 0.0
+    requests: list[RequestReport] = field(default_factory=list)
+    samples: int = 0
+    errors: int = 0
+    verdict_shares: dict[str, float] = field(default_factory=dict)
+    identical_share: float | None = None
+    mean_similarity_to_recording: float | None = None
+    embedding_model: str | None = None
+
+    def to_json(self) -> dict:
+        return asdict(self)
+
+
+def _mean(xs: list[float]) -> float | None:
+    return round(float(np.mean(xs)), 6) if xs else None
+
+
+def request_url(upstream: str, entry: TapeEntry) -> str:
+    req = entry.request
+    query = urlencode(req.get("query") or [])
+    return upstream.rstrip("/") + req["path"] + (f"?{query}" if query else "")
+
+
+def request_body(entry: TapeEntry) -> dict:
+    """The body to re-send: the canonical body (seed included), asked for without streaming."""
+    body = dict(entry.request.get("body") or {})
+    body.pop("stream", None)
+    body.pop("stream_options", None)
+    return body
+
+
+async def _sample(client: httpx.AsyncClient, url: str, body: dict, auth: dict, max_retries: int) -> tuple[httpx.Response | None, str, int]:
+    """POST with retries on 408/409/429/5xx and connection errors; exponential backoff, Retry-After honoured."""
+    delay, last = 0.5, ""
+    for attempt in range(1, max_retries + 2):
+        try:
+            r = await client.post(url, json=body, headers={"content-type": "application/json", **auth})
+        except httpx.HTTPError as e:
+            r, last = None, f"{type(e).__name__}: {e}"
+        else:
+            if r.status_code not in RETRY_STATUSES:
+                return r, "", attempt
+            last = f"upstream answered {r.status_code}"
+        if attempt > max_retries:
+            break
+        wait = delay
+        if r is not None and (ra := r.headers.get("retry-after")):
+            try:
+                wait = min(float(ra), 30.0)
+            except ValueError:
+                pass
+        await asyncio.sleep(wait)
+        delay *= 2
+    return None, last, max_retries + 1
+
+
+async def run(
+    store: Store,
+    entries: list[TapeEntry],
+    upstream: str,
+    *,
+    repeats: int = 3,
+    concurrency: int = 4,
+    auth: dict[str, str] | None = None,
+    embedding_model: str | None = None,
+    max_retries: int = 4,
+    timeout: float = 120.0,
+    progress: Callable[[int], None] = lambda n: None,
+    prompt_of: Callable[[dict], str] = lambda req: "",
+) -> AuditReport:
+    auth = auth or {}
+    report = AuditReport(upstream=upstream, repeats=repeats, started=time.time(), embedding_model=embedding_model)
+    sem = asyncio.Semaphore(max(1, concurrency))
+    async with httpx.AsyncClient(timeout=timeout) as client:
+
+        async def one(entry: TapeEntry, recorded: list[dict]) -> Sample:
+            async with sem:
+                r, err, attempts = await _sample(client, request_url(upstream, entry), request_body(entry), auth, max_retries)
+            s = Sample(attempts=attempts, time=time.time())
+            try:
+                if r is None or not 200 <= r.status_code < 300:
+                    s.error = err or f"upstream answered {r.status_code}: {r.text[:200]}"
+                else:
+                    doc = r.json()
+                    s.fingerprint = fingerprint_of(doc)
+                    s.output = divergence.outputs(entry.endpoint, "json", r.content)
+                    d = divergence.compare(recorded, entry.fingerprint, s.output, s.fingerprint)
+                    s.verdict, s.similarity = d.verdict, d.similarity
+            except (ValueError, KeyError, TypeError, AttributeError) as e:
+                s.error = f"the answer is not a completion: {e}"
+            progress(1)
+            return s
+
+        async def audit_one(entry: TapeEntry) -> RequestReport:
+            recorded = divergence.outputs(entry.endpoint, entry.format, entry.body)
+            rr = RequestReport(key=entry.key, model=entry.model, endpoint=entry.endpoint, prompt=prompt_of(entry.request),
+                               recorded_fingerprint=entry.fingerprint, recorded_at=entry.recorded_at)
+            rr.samples = list(await asyncio.gather(*(one(entry, recorded) for _ in range(repeats))))
+            good = [s for s in rr.samples if not s.error]
+            rr.errors = len(rr.samples) - len(good)
+            rr.fingerprints_seen = sorted({s.fingerprint for s in good})
+            rr.verdicts = dict(Counter(s.verdict for s in good))
+            if good:
+                rr.identical = sum(s.output == recorded for s in good)
+                rr.identical_share = round(rr.identical / len(good), 6)
+                rr.mean_similarity_to_recording = _mean([s.similarity for s in good])
+                rr.mean_pairwise_similarity = divergence.mean_pairwise_similarity([divergence.text_of(s.output) for s in good])
+                if embedding_model:
+                    await _embeddings(client, upstream, embedding_model, auth, recorded, good, rr)
+            for s in rr.samples:
+                if not s.error:
+                    store.add_event({
+                        "time": s.time, "source": "audit", "mode": "audit", "key": entry.key, "endpoint": entry.endpoint,
+                        "model": entry.model, "namespace": entry.namespace,
+                        "recorded_fingerprint": entry.fingerprint, "live_fingerprint": s.fingerprint,
+                        "verdict": s.verdict, "similarity": s.similarity, "embedding_distance": s.embedding_distance,
+                        "recorded_output": recorded, "live_output": s.output,
+                    })
+            return rr
+
+        report.requests = list(await asyncio.gather(*(audit_one(e) for e in entries)))
+    good = [s for rr in report.requests for s in rr.samples if not s.error]
+    report.samples = sum(len(rr.samples) for rr in report.requests)
+    report.errors = report.samples - len(good)
+    counts = Counter(s.verdict for s in good)
+    report.verdict_shares = {v: round(counts.get(v, 0) / len(good), 6) if good else 0.0 for v in divergence.VERDICTS}
+    if good:
+        report.identical_share = round(sum(rr.identical for rr in report.requests) / len(good), 6)
+        report.mean_similarity_to_recording = _mean([s.similarity for s in good])
+    report.finished = time.time()
+    return report
+
+
+async def _embeddings(client, upstream, model, auth, recorded, good: list[Sample], rr: RequestReport) -> None:
+    """Cookbook measure: cosine distances of embeddings, to the recording and between samples."""
+    texts = [divergence.text_of(recorded)] + [divergence.text_of(s.output) for s in good]
+    try:
+        vecs = await embedder.embed(client, upstream, model, [t or " " for t in texts], auth)
+    except (httpx.HTTPError, KeyError, ValueError):
+        return
+    for s, v in zip(good, vecs[1:]):
+        s.embedding_distance = round(divergence.cosine_distance(vecs[0], v), 6)
+    rr.mean_embedding_distance_to_recording = _mean([s.embedding_distance for s in good])
+    pairs = [divergence.cosine_distance(vecs[i], vecs[j]) for i in range(1, len(vecs)) for j in range(i + 1, len(vecs))]
+    rr.mean_pairwise_embedding_distance = _mean(pairs)
+
+
+def select(store: Store, *, model: str | None = None, key_prefix: str | None = None,
+           older_than: float | None = None, newer_than: float | None = None) -> list[TapeEntry]:
+    """The newest entry of each request key that passes the filters (ages in seconds)."""
+    now = time.time()
+    newest: dict[str, TapeEntry] = {}
+    for e in store.entries():
+        if model and e.model != model and (e.request.get("body") or {}).get("model") != model:
+            continue
+        if key_prefix and not e.key.startswith(key_prefix.lower()):
+            continue
+        if older_than is not None and now - e.recorded_at < older_than:
+            continue
+        if newer_than is not None and now - e.recorded_at > newer_than:
+            continue
+        if e.key not in newest or e.recorded_at > newest[e.key].recorded_at:
+            newest[e.key] = e
+    return sorted(newest.values(), key=lambda e: e.key)
+
+
+def exceeded(report: AuditReport, thresholds: dict[str, float]) -> list[str]:
+    """The thresholds the report passes, as readable lines (empty: the audit passes)."""
+    out = []
+    for verdict, limit in thresholds.items():
+        share = report.verdict_shares.get(verdict, 0.0)
+        if share > limit:
+            out.append(f"{verdict}: {share:.1%} of samples > {limit:.1%}")
+    return out
+
+
+def dumps(report: AuditReport) -> str:
+    return json.dumps(report.to_json(), indent=2, ensure_ascii=False)

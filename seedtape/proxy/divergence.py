@@ -1,0 +1,124 @@
+"""Divergence: does a live answer say what its recording said, and how far apart are they?
+
+Only the output that matters is compared, per choice: message content (or
+text), refusal, tool calls with their arguments, and finish_reason; never id,
+created, usage or system_fingerprint. The verdict follows DESIGN.md:
+
+- ``match``: same output (whatever the fingerprints);
+- ``nondeterminism``: same fingerprint, different output;
+- ``drift``: new fingerprint, different output;
+- ``fingerprint-only``: new fingerprint, same output.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import convert
+from .sse import DONE, parse
+
+VERDICTS = ("match", "nondeterminism", "drift", "fingerprint-only")
+_TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
+
+
+def outputs(endpoint: str, fmt: str, body: bytes) -> list[dict]:
+    """The comparable output of a recorded or live body, one dict per choice."""
+    if fmt == "sse":
+        chunks = [json.loads(e.data) for e in parse(body) if e.data != DONE]
+        doc = json.loads(convert.to_completion(endpoint, chunks))
+    else:
+        doc = json.loads(body)
+    if endpoint == "embeddings":
+        return [{"index": d.get("index"), "embedding": d.get("embedding")} for d in doc.get("data") or []]
+    out = []
+    for c in sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0)):
+        msg = c.get("message") or {}
+        out.append({
+            "index": c.get("index", 0),
+            "content": msg.get("content") if "message" in c else c.get("text"),
+            "refusal": msg.get("refusal"),
+            "tool_calls": [[(t.get("function") or {}).get("name"), (t.get("function") or {}).get("arguments")]
+                           for t in msg.get("tool_calls") or []],
+            "finish_reason": c.get("finish_reason"),
+        })
+    return out
+
+
+def text_of(out: list[dict]) -> str:
+    """All of an output as one text, for similarity measures."""
+    parts = []
+    for c in out:
+        if "embedding" in c:
+            parts.append(json.dumps(c["embedding"]))
+            continue
+        parts += [c.get("content") or "", c.get("refusal") or ""]
+        parts += [f"{name}({args})" for name, args in c.get("tool_calls") or []]
+        parts.append(f"<{c.get('finish_reason')}>")
+    return " ".join(p for p in parts if p)
+
+
+def tokens(text: str) -> list[str]:
+    return _TOKEN.findall(text)
+
+
+def edit_similarity(a: str, b: str) -> float:
+    """1 - normalized token-level Levenshtein distance, vectorised row by row with numpy."""
+    ta, tb = tokens(a), tokens(b)
+    if not ta and not tb:
+        return 1.0
+    if not ta or not tb:
+        return 0.0
+    vocab: dict[str, int] = {}
+    ia = np.array([vocab.setdefault(t, len(vocab)) for t in ta])
+    ib = np.array([vocab.setdefault(t, len(vocab)) for t in tb])
+    idx = np.arange(len(ib) + 1)
+    prev = idx.copy()
+    for x in ia:
+        sub = prev[:-1] + (ib != x)  # substitute (or keep)
+        tmp = np.empty_like(prev)
+        tmp[0] = prev[0] + 1
+        tmp[1:] = np.minimum(prev[1:] + 1, sub)  # delete, substitute
+        prev = np.minimum.accumulate(tmp - idx) + idx  # insertions run along the row
+    return float(1.0 - prev[-1] / max(len(ia), len(ib)))
+
+
+def cosine_distance(u: list[float], v: list[float]) -> float:
+    a, b = np.asarray(u, dtype=float), np.asarray(v, dtype=float)
+    na, nb = np.linalg.norm(a), np.linalg.norm(b)
+    if na == 0 or nb == 0:
+        return 1.0
+    return float(1.0 - a.dot(b) / (na * nb))
+
+
+def mean_pairwise_similarity(texts: list[str]) -> float | None:
+    pairs = [(i, j) for i in range(len(texts)) for j in range(i + 1, len(texts))]
+    if not pairs:
+        return None
+    return float(np.mean([edit_similarity(texts[i], texts[j]) for i, j in pairs]))
+
+
+@dataclass(frozen=True)
+class Divergence:
+    verdict: str
+    similarity: float  # 1.0 identical .. 0.0 nothing in common (token edit similarity)
+    recorded_fingerprint: str
+    live_fingerprint: str
+
+    def header(self) -> str:
+        return f"{self.verdict}; similarity={self.similarity:.4f}"
+
+
+def classify(same_output: bool, recorded_fp: str, live_fp: str) -> str:
+    if same_output:
+        return "match" if recorded_fp == live_fp else "fingerprint-only"
+    return "nondeterminism" if recorded_fp == live_fp else "drift"
+
+
+def compare(recorded: list[dict], recorded_fp: str, live: list[dict], live_fp: str) -> Divergence:
+    same = recorded == live
+    sim = 1.0 if same else edit_similarity(text_of(recorded), text_of(live))
+    return Divergence(classify(same, recorded_fp, live_fp), round(sim, 6), recorded_fp, live_fp)
