@@ -24,7 +24,7 @@ def build_master(options: dict):
     from mitmproxy import options as mopts
     from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
 
-    from seedtape.addons.seedtape import Seedtape
+    from seedtape.addons.recorder import Seedtape
 
     opts = mopts.Options()
     m = master.Master(opts, with_termlog=True)

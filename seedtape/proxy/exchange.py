@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass, field
 
 from . import convert, divergence, endpoints, errors, wire
-from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
+from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
 from .endpoints import Endpoint
 from .modes import Mode
 from .seed import SeedPolicy
@@ -88,11 +88,13 @@ def _json_object(content: bytes) -> dict:
         raise ValueError(f"{name} is not valid JSON")
 
     try:
-        body = json.loads(content, parse_constant=no_constants)
-    except RecursionError:
-        raise ValueError("the JSON body is nested too deeply") from None
+        text = content.decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32 and pass surrogates
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8") from None
+    try:
+        body = json.loads(text, parse_constant=no_constants)
+    except RecursionError:
+        raise ValueError("the JSON body is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
     if not isinstance(body, dict):
@@ -123,7 +125,7 @@ class Tapedeck:
         ex = Exchange(method=method, path=path)
         if s.mode is Mode.PASSTHROUGH:
             return ex
-        ex.endpoint = endpoints.match(method, path.split("?", 1)[0])
+        ex.endpoint = endpoints.match(method, normalize_path(path))
         if ex.endpoint is None:
             if s.mode is Mode.REPLAY:
                 return self._refuse(ex, errors.not_replayable(f"{method} {path.split('?', 1)[0]}", "is not an endpoint seedtape records"))
@@ -135,23 +137,23 @@ class Tapedeck:
         except ValueError as e:
             return self._refuse(ex, errors.bad_request(str(e)))
 
-        if ex.endpoint.takes_seed:
-            injected, ex.seed = s.seed.apply(body)
-            if injected is not body:
-                body = injected
-                ex.forward_body = encode_json(body)
+        path_only, _, query = path.partition("?")
+        try:
+            if ex.endpoint.takes_seed:
+                injected, ex.seed = s.seed.apply(body)
+                if injected is not body:
+                    body = injected
+                    ex.forward_body = encode_json(body)
+            canonical = canonicalize(method, path_only, query, body, ignored_fields=s.ignored_fields,
+                                     namespace=headers.get(wire.NAMESPACE, ""))
+            canonical.key  # noqa: B018 - hash now, inside the guard
+        except RecursionError:  # parsed, but too deep to re-serialize
+            ex.forward_body = None
+            return self._refuse(ex, errors.bad_request("the JSON body is nested too deeply"))
+        ex.canonical = canonical
         ex.stream = body.get("stream") is True and ex.endpoint.can_stream
         opts = body.get("stream_options")
         ex.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
-        path_only, _, query = path.partition("?")
-        ex.canonical = canonicalize(
-            method,
-            path_only,
-            query,
-            body,
-            ignored_fields=s.ignored_fields,
-            namespace=headers.get(wire.NAMESPACE, ""),
-        )
 
         if s.mode.serves_recordings:
             entry = self.store.get(ex.key, s.fingerprint)

@@ -22,5 +22,7 @@ class SeedPolicy:
         if "seed" in body and body["seed"] is not None:
             return body, f"{json.dumps(body['seed'])}; client"  # json: no raw control chars in a header
         if not self.inject:
+            if "seed" in body:  # seed: null means no seed: forward (and key) it as absent
+                body = {k: v for k, v in body.items() if k != "seed"}
             return body, "none"
         return {**body, "seed": self.seed}, f"{self.seed}; injected"

@@ -62,14 +62,21 @@ class Store:
             raise StoreError(f"cannot open the store at {self.path}: {e}") from e
         if not readonly:
             self.env.reader_check()  # free reader slots left by killed processes
-        # open_db runs a transaction: it too must adopt a map another process grew.
-        self._meta, self._entries, self._latest, self._events = (
-            self._retry(lambda name=name: self.env.open_db(name, create=not readonly))
-            for name in (b"meta", b"entries", b"latest", b"events")
-        )
+        self._meta, self._entries, self._latest = (self._open_db(n, readonly) for n in (b"meta", b"entries", b"latest"))
+        self._events = self._open_db(b"events", readonly, optional=True)  # added after schema 1 first shipped
         self._check_schema(readonly)
 
     # -- plumbing ---------------------------------------------------------
+
+    def _open_db(self, name: bytes, readonly: bool, optional: bool = False):
+        """A named database; open_db runs a transaction, so it too adopts a map another process grew."""
+        try:
+            return self._retry(lambda: self.env.open_db(name, create=not readonly))
+        except lmdb.NotFoundError:
+            if optional:
+                return None
+            self.env.close()
+            raise StoreError(f"{self.path} is an LMDB directory but not a seedtape store (no {name.decode()!r} database)") from None
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """Run a transaction, adopting or growing the map as other writers require."""
@@ -173,6 +180,8 @@ class Store:
 
     def events(self) -> list[dict]:
         """Every audit event, oldest first."""
+        if self._events is None:
+            return []
         return self._read(lambda txn: [json.loads(v) for _, v in txn.cursor(db=self._events)])
 
     def latest_fingerprint(self, key: str) -> str | None:
@@ -241,7 +250,7 @@ class Store:
             return {
                 "entries": txn.stat(self._entries)["entries"],
                 "request_keys": txn.stat(self._latest)["entries"],
-                "events": txn.stat(self._events)["entries"],
+                "events": txn.stat(self._events)["entries"] if self._events is not None else 0,
                 "fingerprints": len(fps),
             }
 

@@ -1,7 +1,7 @@
 """The seedtape mitmproxy addon: translates flows into Tapedeck calls.
 
 Loadable on its own:  mitmdump --mode reverse:https://api.openai.com \\
-    -s seedtape/addons/seedtape.py --set seedtape_mode=replay
+    -s seedtape/addons/recorder.py --set seedtape_mode=replay
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from collections.abc import Sequence
 from typing import Optional
 
 import httpx
-from mitmproxy import ctx, http
+from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import errorpage
 from seedtape.proxy import divergence, embedder, errors, wire
@@ -21,7 +21,7 @@ from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
 from seedtape.proxy.pacer import Pacer
 from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
-from seedtape.proxy.store import Store
+from seedtape.proxy.store import Store, StoreError
 
 log = logging.getLogger("seedtape")
 
@@ -70,7 +70,10 @@ class Seedtape:
         if "seedtape_store" in updated or "seedtape_map_size" in updated or self.store is None:
             if self.store is not None:
                 self.store.close()
-            self.store = Store(ctx.options.seedtape_store, map_size=ctx.options.seedtape_map_size)
+            try:
+                self.store = Store(ctx.options.seedtape_store, map_size=ctx.options.seedtape_map_size)
+            except StoreError as e:  # mitmproxy reports OptionsError as a plain startup error
+                raise exceptions.OptionsError(str(e)) from None
         upstream = upstream_of(ctx.options.mode)
         errorpage.install(upstream)
         self.deck = Tapedeck(
