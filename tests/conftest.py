@@ -40,7 +40,7 @@ def proxies():
 def client(proxy: ProxyProcess, **kw):
     import openai
 
-    return openai.OpenAI(base_url=proxy.base_url, api_key=API_KEY, max_retries=kw.pop("max_retries", 0), **kw)
+    return openai.OpenAI(base_url=kw.pop("base_url", proxy.base_url), api_key=API_KEY, max_retries=kw.pop("max_retries", 0), **kw)
 
 
 def async_client(proxy: ProxyProcess, **kw):

@@ -62,6 +62,7 @@ class Seedtape:
         )
         loader.add_option("seedtape_embedding_model", Optional[str], None,
                           "Also compare live and recorded outputs by the cosine distance of their embeddings.")
+        loader.add_option("seedtape_miss_hint", str, "", "Text that tells the user how to record a replay miss.")
         loader.add_option("seedtape_replay_pace", float, 0.0,
                           "Replay streams with their recorded gaps times this factor (0: send at once).")
         loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
@@ -86,6 +87,7 @@ class Seedtape:
                 upstream=upstream,
                 replay_pace=max(0.0, ctx.options.seedtape_replay_pace),
                 embedding_model=ctx.options.seedtape_embedding_model or None,
+                miss_hint=ctx.options.seedtape_miss_hint,
             ),
         )
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
@@ -136,6 +138,8 @@ class Seedtape:
             return
         ex = self.deck.begin(req.method, req.path, headers, content)
         flow.metadata[EXCHANGE] = ex
+        if ex.forward_path is not None:
+            req.path = ex.forward_path
         if ex.reply is not None and ex.reply.pace and self.pacer is not None:
             # A paced stream is played by the loopback pacer and streams back like a live one.
             flow.metadata[PACED] = True

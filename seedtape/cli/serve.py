@@ -74,8 +74,10 @@ async def _run(options: dict) -> None:
                    "with this embedding model, fetched through the upstream's /v1/embeddings.")
 @click.option("--replay-pace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="FACTOR",
               help="Replay recorded streams with their recorded gaps between events times FACTOR (0: at once).")
+@click.option("--miss-hint", default="", metavar="TEXT",
+              help="Replace the advice on how to record that a replay miss error gives (used by the pytest plugin).")
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
-def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, quiet):
+def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, miss_hint, quiet):
     """Run the recording/replay proxy in front of UPSTREAM."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
@@ -91,6 +93,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_fingerprint=fingerprint,
         seedtape_replay_pace=replay_pace,
         seedtape_embedding_model=embedding_model,
+        seedtape_miss_hint=miss_hint,
         termlog_verbosity="warn" if quiet else "info",
     )
     if ignore_field:

@@ -32,15 +32,13 @@ class SeedtapeError:
         }
 
 
-def replay_miss(key: str, path: str, detail: str = "") -> SeedtapeError:
+def replay_miss(key: str, path: str, detail: str = "", how_to_record: str = "") -> SeedtapeError:
     why = f" {detail}" if detail else ""
-    return SeedtapeError(
-        404,
-        "replay_miss",
-        f"seedtape replay miss: no recording for request key {key} ({path}).{why} "
+    how = how_to_record or (
         "To record it, run the proxy with --mode auto or --mode record against a live upstream "
-        "and send the request again.",
+        "and send the request again."
     )
+    return SeedtapeError(404, "replay_miss", f"seedtape replay miss: no recording for request key {key} ({path}).{why} {how}")
 
 
 def bad_request(reason: str) -> SeedtapeError:

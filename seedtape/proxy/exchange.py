@@ -11,7 +11,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import convert, divergence, endpoints, errors, wire
+from . import convert, divergence, endpoints, errors, routing, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
 from .endpoints import Endpoint
 from .modes import Mode
@@ -30,6 +30,7 @@ class Settings:
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = "https://api.openai.com"
     embedding_model: str | None = None  # also compare live and recorded outputs by embedding distance
+    miss_hint: str = ""  # how to record a replay miss, when the default advice does not fit (pytest)
     replay_pace: float = 0.0  # replay streams with their recorded gaps times this factor (0: at once)
 
 
@@ -49,6 +50,8 @@ class Exchange:
 
     method: str
     path: str
+    mode: Mode = Mode.AUTO  # the proxy's mode, or the request's own (routing prefix)
+    forward_path: str | None = None  # set when a /_seedtape/ prefix was stripped
     endpoint: Endpoint | None = None
     canonical: CanonicalRequest | None = None
     seed: str = "none"
@@ -122,12 +125,20 @@ class Tapedeck:
     def begin(self, method: str, path: str, headers: dict[str, str], content: bytes) -> Exchange:
         """Decide what to do with a request. Never raises for bad input: it refuses."""
         s = self.settings
-        ex = Exchange(method=method, path=path)
-        if s.mode is Mode.PASSTHROUGH:
+        ex = Exchange(method=method, path=path, mode=s.mode)
+        try:
+            over, bare = routing.split(path)
+        except routing.RoutingError as e:
+            return self._refuse(ex, errors.bad_request(str(e)))
+        if bare != path:
+            ex.path = ex.forward_path = bare
+            path = bare
+        ex.mode = mode = over.mode or s.mode
+        if mode is Mode.PASSTHROUGH:
             return ex
         ex.endpoint = endpoints.match(method, normalize_path(path))
         if ex.endpoint is None:
-            if s.mode is Mode.REPLAY:
+            if mode is Mode.REPLAY:
                 return self._refuse(ex, errors.not_replayable(f"{method} {path.split('?', 1)[0]}", "is not an endpoint seedtape records"))
             ex.status = "passthrough"
             return ex
@@ -144,8 +155,8 @@ class Tapedeck:
                 if injected is not body:
                     body = injected
                     ex.forward_body = encode_json(body)
-            canonical = canonicalize(method, path_only, query, body, ignored_fields=s.ignored_fields,
-                                     namespace=headers.get(wire.NAMESPACE, ""))
+            namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
+            canonical = canonicalize(method, path_only, query, body, ignored_fields=s.ignored_fields, namespace=namespace)
             canonical.key  # noqa: B018 - hash now, inside the guard
         except RecursionError:  # parsed, but too deep to re-serialize
             ex.forward_body = None
@@ -155,13 +166,13 @@ class Tapedeck:
         opts = body.get("stream_options")
         ex.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
 
-        if s.mode.serves_recordings:
+        if mode.serves_recordings:
             entry = self.store.get(ex.key, s.fingerprint)
             if entry is not None:
                 return self._serve(ex, entry)
-            if s.mode is Mode.REPLAY:
+            if mode is Mode.REPLAY:
                 ex.status = "miss"
-                return self._refuse(ex, errors.replay_miss(ex.key, path_only, self._miss_detail(ex.key)), status="miss")
+                return self._refuse(ex, errors.replay_miss(ex.key, path_only, self._miss_detail(ex.key), s.miss_hint), status="miss")
         ex.status = "live"
         # The live answer will be compared with what replay would serve for this key.
         ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
@@ -242,10 +253,10 @@ class Tapedeck:
     def note_divergence(self, ex: Exchange, embedding_distance: float | None = None) -> dict | None:
         """Store the audit event of a compared exchange (all of them in audit mode, disagreements otherwise)."""
         d, rec = ex.divergence, ex.recorded
-        if d is None or rec is None or (d.verdict == "match" and self.settings.mode is not Mode.AUDIT):
+        if d is None or rec is None or (d.verdict == "match" and ex.mode is not Mode.AUDIT):
             return None
         event = {
-            "time": time.time(), "source": "proxy", "mode": self.settings.mode.value, "key": ex.key,
+            "time": time.time(), "source": "proxy", "mode": ex.mode.value, "key": ex.key,
             "endpoint": rec.endpoint, "model": rec.model, "namespace": rec.namespace,
             "recorded_fingerprint": d.recorded_fingerprint, "live_fingerprint": d.live_fingerprint,
             "verdict": d.verdict, "similarity": d.similarity, "embedding_distance": embedding_distance,
@@ -260,7 +271,7 @@ class Tapedeck:
         if ex.status != "live" or ex.canonical is None:
             return None
         ex.tape = StreamTape()
-        ex.status = "recording" if self.settings.mode.records else "live"
+        ex.status = "recording" if ex.mode.records else "live"
         return ex.tape
 
     def finish_stream(self, ex: Exchange, status: int, headers: list[tuple[str, str]]) -> Exchange:
@@ -283,7 +294,7 @@ class Tapedeck:
 
     def _record(self, ex: Exchange, status: int, headers: list[tuple[str, str]], content: bytes,
                 fmt: str, model: str, extra: dict) -> Exchange:
-        if not self.settings.mode.records:
+        if not ex.mode.records:
             return ex
         assert ex.canonical is not None and ex.endpoint is not None
         self.store.put(
