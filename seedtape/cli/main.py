@@ -8,6 +8,7 @@ from seedtape import __version__
 from seedtape.cli.audit import audit_cmd, events
 from seedtape.cli.inspection import ls, show, stats
 from seedtape.cli.serve import serve
+from seedtape.cli.tapes import export_cmd, import_cmd, prune
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -16,7 +17,7 @@ def cli() -> None:
     """seedtape: record, replay and audit OpenAI-compatible API calls."""
 
 
-for command in (serve, ls, show, stats, audit_cmd, events):
+for command in (serve, ls, show, stats, audit_cmd, events, export_cmd, import_cmd, prune):
     cli.add_command(command)
 
 main = cli

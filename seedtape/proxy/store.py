@@ -147,6 +147,34 @@ class Store:
             entry.first_recorded_at = entry.recorded_at
         return self._write(write)
 
+    def merge(self, entries: list[TapeEntry]) -> list[str]:
+        """Import entries as they are (timestamps, counts), all in one transaction; per entry what happened.
+
+        ``imported``: the (key, fingerprint) was not in the store. ``updated``: it replaced an entry recorded
+        earlier. ``unchanged``: the store holds exactly this entry. ``kept``: the store's entry was recorded
+        later (or at the same time): it stays. The newest fingerprint of a key is its latest recorded_at.
+        """
+
+        def write(txn: lmdb.Transaction) -> list[str]:
+            out = []
+            for entry in entries:
+                k = _entry_key(entry.key, entry.fingerprint)
+                old = txn.get(k, db=self._entries)
+                if old is not None:
+                    prev = TapeEntry.decode(old)
+                    if prev == entry or prev.recorded_at >= entry.recorded_at:
+                        out.append("unchanged" if prev == entry else "kept")
+                        continue
+                txn.put(k, entry.encode(), db=self._entries)
+                cur = txn.get(entry.key.encode(), db=self._latest)
+                if cur is None or json.loads(cur)["recorded_at"] <= entry.recorded_at:
+                    latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
+                    txn.put(entry.key.encode(), latest, db=self._latest)
+                out.append("imported" if old is None else "updated")
+            return out
+
+        return self._write(write)
+
     def delete(self, key: str, fingerprint: str) -> bool:
         """Remove one entry; the key's newest fingerprint falls back to the next most recent."""
 
@@ -170,6 +198,14 @@ class Store:
             return True
 
         return self._write(write)
+
+    def salt(self) -> bytes:
+        """This store's random salt (made on first use), for hashing credentials into keys."""
+        found = self._read(lambda txn: txn.get(b"salt", db=self._meta))
+        if found is None:
+            self._write(lambda txn: txn.put(b"salt", os.urandom(32), db=self._meta, overwrite=False))
+            found = self._read(lambda txn: txn.get(b"salt", db=self._meta))
+        return found
 
     def add_event(self, event: dict) -> str:
         """Append an audit event; returns its id (sortable by time)."""

@@ -1,0 +1,101 @@
+"""pytest plugin: offline replay of OpenAI calls from tapes kept in git.
+
+Active for tests marked ``@pytest.mark.seedtape`` (or every test, with
+``--seedtape-mode``/``--seedtape-tapes`` on the command line or ``seedtape_tapes``
+in the ini file). One proxy serves the whole session; each active test gets
+``OPENAI_BASE_URL`` pointing at it, with the marker's mode and namespace
+carried in the URL (see seedtape/proxy/routing.py).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+
+import pytest
+
+from seedtape.proxy.modes import MODE_NAMES
+
+_MISS = re.compile(r"seedtape: miss \S+ (\S+) key=(\w+)")
+_DUMMY_KEY = "sk-seedtape-replay-no-key-needed"
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("seedtape", "seedtape: record and replay OpenAI calls")
+    group.addoption("--seedtape-mode", choices=MODE_NAMES, default=None,
+                    help="auto (replay hits, record misses), replay (offline; a miss fails the test), record, "
+                         "audit or passthrough. Default: replay when the CI environment variable is set, else auto.")
+    group.addoption("--seedtape-tapes", default=None, metavar="PATH",
+                    help="Directory of tapes (seedtape export format) to replay from and record into. "
+                         "Default: the seedtape_tapes ini value, else <rootdir>/tapes.")
+    group.addoption("--seedtape-upstream", default=None, metavar="URL",
+                    help="API to record from (default: $SEEDTAPE_UPSTREAM or https://api.openai.com).")
+    parser.addini("seedtape_tapes", "Directory of seedtape tapes, relative to the rootdir.", default=None)
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line("markers", "seedtape(mode=None, namespace=None): route this test's OpenAI calls "
+                                       "through seedtape, optionally in another mode or namespace.")
+
+
+def _mode(config: pytest.Config) -> str:
+    return config.getoption("--seedtape-mode") or ("replay" if os.environ.get("CI") else "auto")
+
+
+def _enabled_for_all(config: pytest.Config) -> bool:
+    return bool(config.getoption("--seedtape-mode") or config.getoption("--seedtape-tapes") or config.getini("seedtape_tapes"))
+
+
+def _tapes(config: pytest.Config) -> Path:
+    opt = config.getoption("--seedtape-tapes") or config.getini("seedtape_tapes") or "tapes"
+    path = Path(opt)
+    return path if path.is_absolute() else Path(config.rootpath) / path
+
+
+@pytest.fixture(scope="session")
+def seedtape_proxy(pytestconfig: pytest.Config):
+    """The session's seedtape proxy (seedtape.api.Proxy), serving the tapes directory."""
+    from seedtape.api import serve
+
+    mode = _mode(pytestconfig)
+    hint = ("To record it, run this test again with --seedtape-mode=auto (network access and OPENAI_API_KEY "
+            "needed): the new recording is written to the tapes directory; commit it.")
+    with serve(mode, tapes=_tapes(pytestconfig), upstream=pytestconfig.getoption("--seedtape-upstream"),
+               args=["--miss-hint", hint]) as proxy:
+        yield proxy
+
+
+@pytest.fixture(autouse=True)
+def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch):
+    marker = request.node.get_closest_marker("seedtape")
+    if marker is None and not _enabled_for_all(request.config):
+        yield None
+        return
+    proxy = request.getfixturevalue("seedtape_proxy")
+    kw = marker.kwargs if marker else {}
+    mode = kw.get("mode") or _mode(request.config)
+    if mode not in MODE_NAMES:
+        raise pytest.UsageError(f"@pytest.mark.seedtape(mode={mode!r}): choose one of {', '.join(MODE_NAMES)}")
+    monkeypatch.setenv("OPENAI_BASE_URL", proxy.url(mode, kw.get("namespace")))
+    if not os.environ.get("OPENAI_API_KEY"):
+        monkeypatch.setenv("OPENAI_API_KEY", _DUMMY_KEY)  # replay needs no key; the SDK insists on one
+    request.node.stash[_watch] = (proxy, len(proxy.lines))
+    yield proxy
+
+
+_watch = pytest.StashKey[tuple]()
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo):
+    """A failed test that met replay misses says which, and the exact command that records them."""
+    report = yield
+    if report.when == "call" and report.failed and _watch in item.stash:
+        proxy, start = item.stash[_watch]
+        misses = [m.groups() for line in proxy.lines[start:] if (m := _MISS.search(line))]
+        if misses:
+            lines = [f"replay miss: {path} key={key}" for path, key in misses]
+            lines.append(f"To record: pytest --seedtape-mode=auto '{item.nodeid}'  (needs network and OPENAI_API_KEY)")
+            report.sections.append(("seedtape", "\n".join(lines)))
+    return report
