@@ -1,18 +1,24 @@
-"""OpenAI-shaped errors for failures mitmproxy answers itself (upstream down, bad HTTP).
+"""Every use of mitmproxy internals in seedtape, in one place (mitmproxy 12, pinned in pyproject.toml).
 
-mitmproxy writes an HTML error page when it cannot reach the upstream, and no
-public hook can replace it: ``error`` fires, but a response set there is not
-sent. SDKs cannot read HTML (the Node SDK drops a non-OpenAI error body), so
-this module swaps mitmproxy's HTTP/1 error writer for one that answers with
-seedtape's JSON error. This is the one patch of mitmproxy internals in
-seedtape; it targets ``mitmproxy.proxy.layers.http._http1.make_error_response``
-(mitmproxy 12, pinned in pyproject.toml); test_upstream_unreachable_gives_openai_shaped_502
-in tests/test_proxy_e2e.py checks it on every run.
+1. OpenAI-shaped errors for failures mitmproxy answers itself (upstream down,
+   upstream timeout, bad HTTP). mitmproxy writes an HTML error page there and no
+   public hook can replace it: ``error`` fires, but a response set there is not
+   sent. SDKs cannot read HTML (the Node SDK drops a non-OpenAI error body), so
+   ``mitmproxy.proxy.layers.http._http1.make_error_response`` is swapped for one
+   that answers with seedtape's JSON error.
+2. Aborting a stalled upstream (``--upstream-timeout``): mitmproxy has only an
+   idle timeout for whole connections, so seedtape cancels the server
+   connection's reader task itself (``Proxyserver.connections[...].transports``).
+
+tests/test_proxy_e2e.py (upstream unreachable) and tests/test_faults.py (timeouts)
+check both on every run.
 """
 
 from __future__ import annotations
 
-from mitmproxy import http
+from collections import deque
+
+from mitmproxy import ctx, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1
 
@@ -20,16 +26,20 @@ from seedtape.proxy import errors, wire
 
 _original = _http1.make_error_response
 _upstream = "the upstream"
+# Reasons of upstream aborts that have not reached their error page yet. mitmproxy passes
+# no flow to make_error_response; aborts are rare and answered at once, so FIFO order holds.
+_aborts: deque[errors.SeedtapeError] = deque(maxlen=64)
 
 
 def make_error_response(status_code: int, message: str = "") -> bytes:
-    if status_code == 502:
+    if status_code == 502 and _aborts:
+        err = _aborts.popleft()
+    elif status_code == 502:
         err = errors.upstream_unreachable(_upstream, message or "connection failed")
     else:
         err = errors.SeedtapeError(status_code, "proxy_error", f"seedtape could not handle the request: {message}.")
     headers = {**err.all_headers(), wire.STATUS: "error", "connection": "close"}
-    resp = http.Response.make(err.status, err.body(), headers)
-    return http1.assemble_response(resp)
+    return http1.assemble_response(http.Response.make(err.status, err.body(), headers))
 
 
 def install(upstream: str) -> None:
@@ -43,3 +53,16 @@ def install(upstream: str) -> None:
 
 def uninstall() -> None:
     _http1.make_error_response = _original
+
+
+def abort_upstream(flow: http.HTTPFlow, err: errors.SeedtapeError | None) -> bool:
+    """Cut the flow's upstream connection. ``err`` is what the client gets if no response started."""
+    ps = ctx.master.addons.get("proxyserver")
+    handler = ps.connections.get(flow.client_conn.id) if ps else None
+    io = handler.transports.get(flow.server_conn) if handler else None
+    if io is None or io.handler is None or io.handler.done():
+        return False
+    if err is not None:
+        _aborts.append(err)
+    io.handler.cancel("seedtape upstream timeout")
+    return True

@@ -6,6 +6,8 @@ Loadable on its own:  mitmdump --mode reverse:https://api.openai.com \\
 
 from __future__ import annotations
 
+import asyncio
+import hmac
 import logging
 import time
 from collections.abc import Sequence
@@ -14,8 +16,8 @@ from typing import Optional
 import httpx
 from mitmproxy import ctx, exceptions, http
 
-from seedtape.addons import errorpage
-from seedtape.proxy import divergence, embedder, errors, wire
+from seedtape.addons import internals
+from seedtape.proxy import divergence, embedder, errors, scrub, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -27,6 +29,7 @@ log = logging.getLogger("seedtape")
 
 OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
 EXCHANGE = "seedtape_exchange"
+TIMER = "seedtape_timer"  # flow.metadata: the upstream timeout's handle
 PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be recorded
 
 
@@ -65,6 +68,17 @@ class Seedtape:
         loader.add_option("seedtape_miss_hint", str, "", "Text that tells the user how to record a replay miss.")
         loader.add_option("seedtape_replay_pace", float, 0.0,
                           "Replay streams with their recorded gaps times this factor (0: send at once).")
+        loader.add_option("seedtape_upstream_timeout", float, 600.0,
+                          "Seconds to wait for the upstream's headers, and between streamed events (0: no limit).")
+        loader.add_option("seedtape_max_body", int, 64 * 1024 * 1024, "Largest request body accepted, in bytes.")
+        loader.add_option("seedtape_auth_token", str, "", "Token clients must send in the seedtape-token header.")
+        loader.add_option("seedtape_redact_header", Sequence[str], [], "Response headers never stored (beyond the built-in rules).")
+        loader.add_option("seedtape_redact_field", Sequence[str], [],
+                          "Fields stored as [scrubbed]: request.STEPS or response.STEPS (dotted; * matches all).")
+        loader.add_option("seedtape_key_by_credential", bool, False,
+                          "A salted hash of the client's API key enters the request key (separates teams).")
+        loader.add_option("seedtape_credential_salt", str, "",
+                          "Salt for seedtape_key_by_credential, shared so tapes replay in other stores.")
         loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
 
     def configure(self, updated: set[str]) -> None:
@@ -76,7 +90,7 @@ class Seedtape:
             except StoreError as e:  # mitmproxy reports OptionsError as a plain startup error
                 raise exceptions.OptionsError(str(e)) from None
         upstream = upstream_of(ctx.options.mode)
-        errorpage.install(upstream)
+        internals.install(upstream)
         self.deck = Tapedeck(
             self.store,
             Settings(
@@ -88,6 +102,10 @@ class Seedtape:
                 replay_pace=max(0.0, ctx.options.seedtape_replay_pace),
                 embedding_model=ctx.options.seedtape_embedding_model or None,
                 miss_hint=ctx.options.seedtape_miss_hint,
+                redact_headers=frozenset(h.lower() for h in ctx.options.seedtape_redact_header),
+                redact_fields=tuple(scrub.parse_field(f) for f in ctx.options.seedtape_redact_field),
+                key_by_credential=ctx.options.seedtape_key_by_credential,
+                credential_salt=ctx.options.seedtape_credential_salt,
             ),
         )
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
@@ -116,8 +134,18 @@ class Seedtape:
 
     # -- flow hooks ---------------------------------------------------------
 
+    def requestheaders(self, flow: http.HTTPFlow) -> None:
+        """Refuse early what must not be read: a missing auth token, a body over --max-body."""
+        token = ctx.options.seedtape_auth_token
+        if token and not hmac.compare_digest(flow.request.headers.get(wire.AUTH_TOKEN, ""), token):
+            self._reply(flow, errors.unauthorized())
+            return
+        length = flow.request.headers.get("content-length", "")
+        if length.isdigit() and int(length) > ctx.options.seedtape_max_body:
+            self._reply(flow, errors.too_large(int(length), ctx.options.seedtape_max_body))
+
     def request(self, flow: http.HTTPFlow) -> None:
-        if flow.response is not None:  # answered by another addon
+        if flow.response is not None:  # answered earlier, by seedtape or another addon
             return
         req = flow.request
         try:
@@ -125,6 +153,8 @@ class Seedtape:
         except Exception as e:  # fail closed: never fall through to a live call
             log.exception("seedtape: internal error on %s %s", req.method, req.path)
             self._reply(flow, errors.internal(f"{type(e).__name__}: {e}"))
+        if flow.response is None:
+            self._arm(flow)  # it goes upstream: time it
 
     def _request(self, flow: http.HTTPFlow) -> None:
         req = flow.request
@@ -135,6 +165,9 @@ class Seedtape:
             content = req.get_content(strict=True) or b""
         except ValueError as e:
             self._reply(flow, errors.bad_request(f"its body could not be decoded ({e})"))
+            return
+        if len(content) > ctx.options.seedtape_max_body:
+            self._reply(flow, errors.too_large(len(content), ctx.options.seedtape_max_body))
             return
         ex = self.deck.begin(req.method, req.path, headers, content)
         flow.metadata[EXCHANGE] = ex
@@ -167,6 +200,7 @@ class Seedtape:
         if flow.metadata.get(OWN_REPLY) or flow.response is None:
             return
         if flow.metadata.get(PACED):
+            flow.response.headers.pop("connection", None)  # the pacer closes its side; the client's stays open
             flow.response.stream = True
             return
         if not flow.response.headers.get("content-type", "").startswith("text/event-stream"):
@@ -175,11 +209,16 @@ class Seedtape:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         tape = self.deck.start_stream(ex) if ex is not None else None
         if tape is None:
-            flow.response.stream = True
+            def passthrough(data: bytes) -> bytes:
+                self._arm(flow)
+                return data
+
+            flow.response.stream = passthrough
         else:
             status, headers = flow.response.status_code, list(flow.response.headers.items())
 
             def tap(data: bytes) -> bytes:
+                self._arm(flow)  # a stream may stall: the timeout runs from the last event
                 try:
                     tape.feed(data)
                     if (tape.done or not data) and ex.tape is not None:  # record as soon as the upstream completed
@@ -210,6 +249,7 @@ class Seedtape:
             return None
 
     async def response(self, flow: http.HTTPFlow) -> None:
+        self._disarm(flow)
         if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
             return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
@@ -233,6 +273,7 @@ class Seedtape:
         self._log(ex, resp.status_code)
 
     def error(self, flow: http.HTTPFlow) -> None:
+        self._disarm(flow)
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = flow.error.msg if flow.error else "unknown error"
         if ex is not None and ex.status == "recorded":
@@ -241,6 +282,31 @@ class Seedtape:
         log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, flow.request.path, msg)
         if ex is not None:
             ex.tape, ex.status = None, "error"  # a cut stream is never recorded
+
+    # -- upstream timeout ---------------------------------------------------
+
+    def _arm(self, flow: http.HTTPFlow) -> None:
+        """(Re)start the flow's upstream timer: no headers, or no next event, within the timeout aborts it."""
+        self._disarm(flow)
+        seconds = ctx.options.seedtape_upstream_timeout
+        if seconds > 0 and flow.live:
+            flow.metadata[TIMER] = asyncio.get_running_loop().call_later(seconds, self._timed_out, flow, seconds)
+
+    @staticmethod
+    def _disarm(flow: http.HTTPFlow) -> None:
+        if (timer := flow.metadata.pop(TIMER, None)) is not None:
+            timer.cancel()
+
+    def _timed_out(self, flow: http.HTTPFlow, seconds: float) -> None:
+        flow.metadata.pop(TIMER, None)
+        started = flow.response is not None  # headers went out: all that is left is to cut the stream
+        err = None if started else errors.upstream_timeout(self.deck.settings.upstream, seconds)
+        if internals.abort_upstream(flow, err):
+            ex: Exchange | None = flow.metadata.get(EXCHANGE)
+            if ex is not None:
+                ex.tape, ex.status, ex.note = None, "error", f"upstream timeout after {seconds:g}s"
+            log.warning("seedtape: %s %s: the upstream sent nothing for %gs; aborted, nothing recorded",
+                        flow.request.method, flow.request.path, seconds)
 
     # -- helpers ------------------------------------------------------------
 

@@ -49,6 +49,17 @@ async def _run(options: dict) -> None:
     await m.run()
 
 
+def _is_loopback(host: str) -> bool:
+    import ipaddress
+
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
 @click.command()
 @click.option("--upstream", default="https://api.openai.com", show_default=True, envvar="SEEDTAPE_UPSTREAM",
               help="The OpenAI-compatible API to forward to (env SEEDTAPE_UPSTREAM).")
@@ -76,12 +87,40 @@ async def _run(options: dict) -> None:
               help="Replay recorded streams with their recorded gaps between events times FACTOR (0: at once).")
 @click.option("--miss-hint", default="", metavar="TEXT",
               help="Replace the advice on how to record that a replay miss error gives (used by the pytest plugin).")
+@click.option("--upstream-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="SECONDS",
+              help="Give up on an upstream that sends no headers, or no next streamed event, for this long (0: never).")
+@click.option("--max-body", type=click.IntRange(min=1), default=64 * 1024 * 1024, show_default=True, metavar="BYTES",
+              help="Refuse request bodies larger than this with a 413.")
+@click.option("--auth-token", default=None, envvar="SEEDTAPE_AUTH_TOKEN", metavar="TOKEN",
+              help="Clients must send this in the seedtape-token header (required with a non-loopback --host; "
+                   "env SEEDTAPE_AUTH_TOKEN).")
+@click.option("--redact-header", multiple=True, metavar="NAME", help="Never store this response header; repeatable.")
+@click.option("--redact-field", multiple=True, metavar="PATH",
+              help="Store this field as [scrubbed]: request.STEPS or response.STEPS, steps separated by dots, "
+                   "* for every item (e.g. request.body.metadata.customer, response.id); repeatable.")
+@click.option("--key-by-credential", is_flag=True,
+              help="Keep recordings of different API keys apart: a salted hash of the key enters the request key.")
+@click.option("--credential-salt", default="", envvar="SEEDTAPE_CREDENTIAL_SALT", metavar="SALT",
+              help="Salt for --key-by-credential, the same on every machine that shares tapes "
+                   "(default: a random salt kept in the store; env SEEDTAPE_CREDENTIAL_SALT).")
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
-def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, miss_hint, quiet):
+def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, miss_hint, upstream_timeout, max_body,
+          auth_token, redact_header, redact_field, key_by_credential, credential_salt, quiet):
     """Run the recording/replay proxy in front of UPSTREAM."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise click.BadParameter(f"{upstream!r} must start with http:// or https://", param_hint="--upstream")
+    from seedtape.proxy import scrub
+
+    for f in redact_field:
+        try:
+            scrub.parse_field(f)
+        except ValueError as e:
+            raise click.BadParameter(str(e), param_hint="--redact-field") from None
+    if not _is_loopback(host) and not auth_token:
+        raise click.BadParameter(
+            f"{host} is reachable from other machines: set --auth-token (clients send it in the seedtape-token "
+            "header) to serve there, or keep the default 127.0.0.1", param_hint="--host")
     options = dict(
         mode=[f"reverse:{upstream}"],
         listen_host=host,
@@ -94,6 +133,15 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_replay_pace=replay_pace,
         seedtape_embedding_model=embedding_model,
         seedtape_miss_hint=miss_hint,
+        seedtape_upstream_timeout=upstream_timeout,
+        seedtape_max_body=max_body,
+        seedtape_auth_token=auth_token or "",
+        seedtape_redact_header=list(redact_header),
+        seedtape_redact_field=list(redact_field),
+        seedtape_key_by_credential=key_by_credential,
+        seedtape_credential_salt=credential_salt,
+        # mitmproxy's own idle timeout must not cut a call seedtape is still willing to wait for
+        tcp_timeout=max(600, int(upstream_timeout) + 60),
         termlog_verbosity="warn" if quiet else "info",
     )
     if ignore_field:

@@ -16,7 +16,9 @@ Rules, version 1 (README "Request key" repeats them):
    A body that is not JSON enters as the sha256 of its bytes.
 5. namespace (header ``seedtape-namespace``) enters the key; no other header
    does, so Authorization, api-key, user-agent and SDK telemetry
-   (x-stainless-*) can never split or leak into a key.
+   (x-stainless-*) can never split or leak into a key. The one exception is
+   opt-in (``--key-by-credential``): a salted hash of the credential, never
+   the credential itself.
 """
 
 from __future__ import annotations
@@ -47,9 +49,10 @@ class CanonicalRequest:
     query: tuple[tuple[str, str], ...]
     body: object  # parsed JSON (after ignore rules), or {"sha256": ...} for raw bytes
     namespace: str = ""
+    credential: str = ""  # salted hash of the API key, only with --key-by-credential
 
     def to_json(self) -> dict:
-        return {
+        out = {
             "v": KEY_VERSION,
             "method": self.method,
             "path": self.path,
@@ -57,6 +60,9 @@ class CanonicalRequest:
             "namespace": self.namespace,
             "body": self.body,
         }
+        if self.credential:
+            out["credential"] = self.credential
+        return out
 
     def canonical_bytes(self) -> bytes:
         return dumps_canonical(self.to_json())
@@ -119,6 +125,7 @@ def canonicalize(
     *,
     ignored_fields: frozenset[str] | set[str] = frozenset(DEFAULT_IGNORED_FIELDS),
     namespace: str = "",
+    credential: str = "",
 ) -> CanonicalRequest:
     """Build the canonical request; ``body`` is parsed JSON, or bytes when it is not JSON."""
     if isinstance(body, (bytes, bytearray)):
@@ -131,4 +138,5 @@ def canonicalize(
         query=normalize_query(query),
         body=cbody,
         namespace=namespace,
+        credential=credential,
     )

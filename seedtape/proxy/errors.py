@@ -70,3 +70,25 @@ def internal(reason: str) -> SeedtapeError:
         f"seedtape failed internally and did not contact the upstream: {reason}. "
         "This is a bug; the proxy log has details.",
     )
+
+
+def upstream_timeout(upstream: str, seconds: float) -> SeedtapeError:
+    return SeedtapeError(
+        504,
+        "upstream_timeout",
+        f"seedtape gave up on the upstream {upstream}: no answer within {seconds:g} s. "
+        "Nothing was recorded; raise --upstream-timeout for slower calls.",
+    )
+
+
+def too_large(size: int, limit: int) -> SeedtapeError:
+    return SeedtapeError(
+        413, "request_too_large", f"seedtape refuses request bodies over {limit} bytes (this one has {size}); raise --max-body."
+    )
+
+
+def unauthorized() -> SeedtapeError:
+    return SeedtapeError(
+        401, "seedtape_unauthorized",
+        "seedtape requires its auth token: send it in the seedtape-token header (the proxy was started with --auth-token).",
+    )

@@ -7,11 +7,12 @@ forward, and later hands in the upstream's answer to be recorded.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import time
 from dataclasses import dataclass, field
 
-from . import convert, divergence, endpoints, errors, routing, wire
+from . import convert, divergence, endpoints, errors, routing, scrub, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
 from .endpoints import Endpoint
 from .modes import Mode
@@ -19,7 +20,7 @@ from .seed import SeedPolicy
 from .store import Store
 from .streams import StreamTape
 from .tape import NO_FINGERPRINT, TapeEntry, fingerprint_of
-from .headers import safe_headers
+from .headers import CREDENTIAL_HEADERS, safe_headers
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,10 @@ class Settings:
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = "https://api.openai.com"
     embedding_model: str | None = None  # also compare live and recorded outputs by embedding distance
+    redact_headers: frozenset[str] = frozenset()  # response headers never stored, beyond the built-in rules
+    redact_fields: tuple[scrub.FieldPath, ...] = ()  # request./response. paths stored as "[scrubbed]"
+    key_by_credential: bool = False  # a salted hash of the API key enters the request key
+    credential_salt: str = ""  # shared salt (so keys match across stores); default: the store's own
     miss_hint: str = ""  # how to record a replay miss, when the default advice does not fit (pytest)
     replay_pace: float = 0.0  # replay streams with their recorded gaps times this factor (0: at once)
 
@@ -119,6 +124,7 @@ class Tapedeck:
     def __init__(self, store: Store, settings: Settings):
         self.store = store
         self.settings = settings
+        self._salt_cache: bytes | None = None
 
     # -- request side -------------------------------------------------------
 
@@ -156,7 +162,8 @@ class Tapedeck:
                     body = injected
                     ex.forward_body = encode_json(body)
             namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
-            canonical = canonicalize(method, path_only, query, body, ignored_fields=s.ignored_fields, namespace=namespace)
+            canonical = canonicalize(method, path_only, query, body, ignored_fields=s.ignored_fields,
+                                     namespace=namespace, credential=self._credential(headers))
             canonical.key  # noqa: B018 - hash now, inside the guard
         except RecursionError:  # parsed, but too deep to re-serialize
             ex.forward_body = None
@@ -177,6 +184,20 @@ class Tapedeck:
         # The live answer will be compared with what replay would serve for this key.
         ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
         return ex
+
+    def _credential(self, headers: dict[str, str]) -> str:
+        """With key_by_credential: who is asking, as a salted hash (the raw key is never kept)."""
+        if not self.settings.key_by_credential:
+            return ""
+        raw = next((headers[h] for h in CREDENTIAL_HEADERS if headers.get(h)), "")
+        if not raw:
+            return "anonymous"
+        return hashlib.sha256(self._salt() + raw.encode()).hexdigest()[:32]
+
+    def _salt(self) -> bytes:
+        if self._salt_cache is None:
+            self._salt_cache = self.settings.credential_salt.encode() or self.store.salt()
+        return self._salt_cache
 
     def _miss_detail(self, key: str) -> str:
         pinned = self.settings.fingerprint
@@ -297,14 +318,19 @@ class Tapedeck:
         if not ex.mode.records:
             return ex
         assert ex.canonical is not None and ex.endpoint is not None
+        s = self.settings
+        request = ex.canonical.to_json()
+        if s.redact_fields:
+            request, _ = scrub.request(request, s.redact_fields)
+            content, _ = scrub.body(content, fmt, s.redact_fields)
         self.store.put(
             TapeEntry(
                 key=ex.key,
                 fingerprint=ex.fingerprint,
                 endpoint=ex.endpoint.name,
-                request=ex.canonical.to_json(),
+                request=request,
                 status=status,
-                headers=safe_headers(headers),
+                headers=[h for h in safe_headers(headers) if h[0] not in s.redact_headers],
                 body=content,
                 format=fmt,
                 model=model or str((ex.canonical.body or {}).get("model", "")),

@@ -46,3 +46,6 @@ def is_safe(name: str) -> bool:
 def safe_headers(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
     """The response headers worth replaying, lower-cased, in their original order."""
     return [[k.lower(), v] for k, v in pairs if is_safe(k)]
+
+# Where clients put their API key (OpenAI, Azure OpenAI, Anthropic-style gateways).
+CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")

@@ -5,7 +5,8 @@ KEY = "seedtape-key"
 FINGERPRINT = "seedtape-fingerprint"
 SEED = "seedtape-seed"
 NAMESPACE = "seedtape-namespace"  # request: label that enters the key
+AUTH_TOKEN = "seedtape-token"  # request: the proxy's --auth-token
 DIVERGENCE = "seedtape-divergence"
 
 # Request headers meant for seedtape only: never forwarded upstream.
-PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE,)
+PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE, AUTH_TOKEN)
