@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -31,6 +32,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
                          "Default: the seedtape_tapes ini value, else <rootdir>/tapes.")
     group.addoption("--seedtape-upstream", default=None, metavar="URL",
                     help="API to record from (default: $SEEDTAPE_UPSTREAM or https://api.openai.com).")
+    group.addoption("--seedtape-strict", action="store_true", default=False,
+                    help="Fail the session when a recording in the tapes was used by no test (run the whole suite).")
     parser.addini("seedtape_tapes", "Directory of seedtape tapes, relative to the rootdir.", default=None)
 
 
@@ -61,9 +64,15 @@ def seedtape_proxy(pytestconfig: pytest.Config):
     mode = _mode(pytestconfig)
     hint = ("To record it, run this test again with --seedtape-mode=auto (network access and OPENAI_API_KEY "
             "needed): the new recording is written to the tapes directory; commit it.")
-    with serve(mode, tapes=_tapes(pytestconfig), upstream=pytestconfig.getoption("--seedtape-upstream"),
-               args=["--miss-hint", hint]) as proxy:
+    args = ["--miss-hint", hint]
+    report = None
+    if pytestconfig.getoption("--seedtape-strict"):
+        report = Path(tempfile.mkdtemp(prefix="seedtape-strict-")) / "unused.json"
+        args += ["--report-unused", str(report)]
+    with serve(mode, tapes=_tapes(pytestconfig), upstream=pytestconfig.getoption("--seedtape-upstream"), args=args) as proxy:
         yield proxy
+    if report is not None:
+        pytestconfig.stash[_unused] = (_read_unused(report), report, _tapes(pytestconfig))
 
 
 @pytest.fixture(autouse=True)
@@ -85,6 +94,40 @@ def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 
 _watch = pytest.StashKey[tuple]()
+_unused = pytest.StashKey[list]()
+
+
+def _read_unused(report: Path) -> list:
+    import json
+
+    try:
+        return json.loads(report.read_text())["unused"]
+    except (OSError, ValueError, KeyError) as e:
+        return [{"key": "?", "fingerprint": "?", "path": f"the unused report could not be read: {e}", "model": "", "namespace": ""}]
+
+
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    found = session.config.stash.get(_unused, None)
+    if found and found[0]:
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    found = config.stash.get(_unused, None)
+    if found is None:
+        return
+    unused, report, tapes = found
+    tr = terminalreporter
+    if not unused:
+        tr.write_line("seedtape strict: every recording in the tapes was used")
+        return
+    tr.section("seedtape strict: recordings no test used", red=True)
+    for e in unused:
+        ns = f" ns={e['namespace']}" if e.get("namespace") else ""
+        tr.write_line(f"{e['key'][:12]} {e['fingerprint']} {e.get('model', '')} {e.get('path', '')}{ns}")
+    tr.write_line(f"{len(unused)} unused (listed in {report}); reported, never deleted. To remove them:")
+    tr.write_line(f"  seedtape import {tapes} --store /tmp/prune && seedtape prune --store /tmp/prune "
+                  f"--unused-in {report} && seedtape export {tapes} --store /tmp/prune")
 
 
 @pytest.hookimpl(wrapper=True)

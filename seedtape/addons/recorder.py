@@ -17,7 +17,7 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
-from seedtape.proxy import divergence, embedder, errors, scrub, wire
+from seedtape.proxy import divergence, embedder, errors, scrub, unused, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -79,6 +79,8 @@ class Seedtape:
                           "A salted hash of the client's API key enters the request key (separates teams).")
         loader.add_option("seedtape_credential_salt", str, "",
                           "Salt for seedtape_key_by_credential, shared so tapes replay in other stores.")
+        loader.add_option("seedtape_report_unused", str, "",
+                          "On exit, write the recordings no request used in this run to this JSON file.")
         loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
 
     def configure(self, updated: set[str]) -> None:
@@ -114,6 +116,8 @@ class Seedtape:
 
     async def running(self) -> None:
         self.pacer = await Pacer().start()
+        if self.deck.settings.mode is Mode.REPLAY:  # build the miss index before the first miss needs it
+            asyncio.get_running_loop().run_in_executor(None, self.deck.index.refresh)
         ps = ctx.master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps else []
         for host, port, *_ in addrs[:1]:
@@ -126,6 +130,12 @@ class Seedtape:
         )
 
     async def done(self) -> None:
+        if ctx.options.seedtape_report_unused and self.deck is not None:
+            try:
+                n = unused.write_report(self.store, self.deck.served, ctx.options.seedtape_report_unused)
+                log.info("seedtape: %d recordings were not used in this run: listed in %s", n, ctx.options.seedtape_report_unused)
+            except OSError as e:
+                log.error("seedtape: could not write the unused report %s: %s", ctx.options.seedtape_report_unused, e)
         if self.pacer is not None:
             await self.pacer.stop()
         if self.store is not None:
@@ -322,6 +332,8 @@ class Seedtape:
         extra = f" ({ex.note})" if ex.note and ex.status != "hit" else ""
         if ex.divergence is not None:
             extra += f" divergence={ex.divergence.header()}"
+            if ex.divergence.departure:
+                extra += f" first difference: {ex.divergence.departure['summary']}"
         log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, ex.path.split("?", 1)[0], key, ex.fingerprint or "-", status, ms, extra)
 
 

@@ -6,6 +6,7 @@ import click
 
 from seedtape import __version__
 from seedtape.cli.audit import audit_cmd, events
+from seedtape.cli.explain import diff_cmd, explain
 from seedtape.cli.inspection import ls, show, stats
 from seedtape.cli.serve import serve
 from seedtape.cli.tapes import export_cmd, import_cmd, prune
@@ -17,7 +18,7 @@ def cli() -> None:
     """seedtape: record, replay and audit OpenAI-compatible API calls."""
 
 
-for command in (serve, ls, show, stats, audit_cmd, events, export_cmd, import_cmd, prune):
+for command in (serve, ls, show, stats, explain, diff_cmd, audit_cmd, events, export_cmd, import_cmd, prune):
     cli.add_command(command)
 
 main = cli

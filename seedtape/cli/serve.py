@@ -47,6 +47,10 @@ async def _run(options: dict) -> None:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)
     await m.run()
+    # Client connections still open at shutdown are cancelled; asyncio would print each as an error.
+    loop.set_exception_handler(
+        lambda lp, c: None if isinstance(c.get("exception"), asyncio.CancelledError) else lp.default_exception_handler(c)
+    )
 
 
 def _is_loopback(host: str) -> bool:
@@ -103,9 +107,11 @@ def _is_loopback(host: str) -> bool:
 @click.option("--credential-salt", default="", envvar="SEEDTAPE_CREDENTIAL_SALT", metavar="SALT",
               help="Salt for --key-by-credential, the same on every machine that shares tapes "
                    "(default: a random salt kept in the store; env SEEDTAPE_CREDENTIAL_SALT).")
+@click.option("--report-unused", default=None, metavar="FILE", type=click.Path(dir_okay=False),
+              help="When the proxy stops, write the recordings that no request used in this run to FILE (JSON).")
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
 def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, miss_hint, upstream_timeout, max_body,
-          auth_token, redact_header, redact_field, key_by_credential, credential_salt, quiet):
+          auth_token, redact_header, redact_field, key_by_credential, credential_salt, report_unused, quiet):
     """Run the recording/replay proxy in front of UPSTREAM."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
@@ -140,6 +146,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_redact_field=list(redact_field),
         seedtape_key_by_credential=key_by_credential,
         seedtape_credential_salt=credential_salt,
+        seedtape_report_unused=report_unused or "",
         # mitmproxy's own idle timeout must not cut a call seedtape is still willing to wait for
         tcp_timeout=max(600, int(upstream_timeout) + 60),
         termlog_verbosity="warn" if quiet else "info",

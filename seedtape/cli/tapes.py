@@ -9,7 +9,7 @@ import click
 from seedtape.cli.audit import parse_age
 from seedtape.cli.inspection import open_store, store_option, when
 from seedtape.proxy import prune as pruning
-from seedtape.proxy import scrub, tapefile
+from seedtape.proxy import scrub, tapefile, unused
 from seedtape.proxy.store import Store, StoreError
 
 
@@ -60,15 +60,22 @@ def import_cmd(store: str, path: str) -> None:
 @click.option("--not-newest", is_flag=True, help="Every fingerprint of a key except the newest (the one replay serves).")
 @click.option("--model", default=None, metavar="M", help="Entries of this model.")
 @click.option("--key", "key_prefix", default=None, metavar="PREFIX", help="Entries whose request key starts with PREFIX.")
+@click.option("--unused-in", default=None, metavar="FILE", type=click.Path(dir_okay=False, exists=True),
+              help="Entries listed as unused in FILE (written by `seedtape serve --report-unused FILE`).")
 @click.option("--dry-run", is_flag=True, help="List what would go; change nothing.")
 def prune(store: str, older_than: float | None, not_newest: bool, model: str | None, key_prefix: str | None,
-          dry_run: bool) -> None:
+          unused_in: str | None, dry_run: bool) -> None:
     """Remove the entries every given filter matches (filters combine with AND; at least one is required)."""
-    f = pruning.PruneFilter(older_than=older_than, not_newest=not_newest, model=model, key_prefix=key_prefix)
+    try:
+        unused_pairs = frozenset(unused.read_report(unused_in)) if unused_in else None
+    except ValueError as e:
+        raise click.ClickException(str(e)) from None
+    f = pruning.PruneFilter(older_than=older_than, not_newest=not_newest, model=model, key_prefix=key_prefix,
+                            only=unused_pairs)
     if f.empty:
         raise click.UsageError("prune needs at least one filter (--older-than AGE, --not-newest, --model M, "
-                               "--key PREFIX); it never empties a store by accident: to drop everything, "
-                               "delete the store directory")
+                               "--key PREFIX, --unused-in FILE); it never empties a store by accident: to drop "
+                               "everything, delete the store directory")
     if not (Path(store) / "data.mdb").exists():
         open_store(store)  # raises the usual "no seedtape store at ..." error
     try:

@@ -32,6 +32,7 @@ class Sample:
     verdict: str = ""
     similarity: float | None = None
     embedding_distance: float | None = None
+    first_difference: dict | None = None
     output: list | None = None
     error: str = ""
     attempts: int = 0
@@ -150,7 +151,7 @@ async def run(
                     s.fingerprint = fingerprint_of(doc)
                     s.output = divergence.outputs(entry.endpoint, "json", r.content)
                     d = divergence.compare(recorded, entry.fingerprint, s.output, s.fingerprint)
-                    s.verdict, s.similarity = d.verdict, d.similarity
+                    s.verdict, s.similarity, s.first_difference = d.verdict, d.similarity, d.departure
             except (ValueError, KeyError, TypeError, AttributeError) as e:
                 s.error = f"the answer is not a completion: {e}"
             progress(1)
@@ -179,6 +180,7 @@ async def run(
                         "model": entry.model, "namespace": entry.namespace,
                         "recorded_fingerprint": entry.fingerprint, "live_fingerprint": s.fingerprint,
                         "verdict": s.verdict, "similarity": s.similarity, "embedding_distance": s.embedding_distance,
+                        "first_difference": s.first_difference,
                         "recorded_output": recorded, "live_output": s.output,
                     })
             return rr

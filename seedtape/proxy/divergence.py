@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import convert
+from . import convert, jsondiff
 from .sse import DONE, parse
 
 VERDICTS = ("match", "nondeterminism", "drift", "fingerprint-only")
@@ -107,6 +107,7 @@ class Divergence:
     similarity: float  # 1.0 identical .. 0.0 nothing in common (token edit similarity)
     recorded_fingerprint: str
     live_fingerprint: str
+    departure: dict | None = None  # where the live output first departs (jsondiff.first_departure)
 
     def header(self) -> str:
         return f"{self.verdict}; similarity={self.similarity:.4f}"
@@ -121,4 +122,5 @@ def classify(same_output: bool, recorded_fp: str, live_fp: str) -> str:
 def compare(recorded: list[dict], recorded_fp: str, live: list[dict], live_fp: str) -> Divergence:
     same = recorded == live
     sim = 1.0 if same else edit_similarity(text_of(recorded), text_of(live))
-    return Divergence(classify(same, recorded_fp, live_fp), round(sim, 6), recorded_fp, live_fp)
+    where = None if same else jsondiff.first_departure(recorded, live)
+    return Divergence(classify(same, recorded_fp, live_fp), round(sim, 6), recorded_fp, live_fp, where)

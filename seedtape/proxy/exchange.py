@@ -12,7 +12,7 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import convert, divergence, endpoints, errors, routing, scrub, wire
+from . import convert, divergence, endpoints, errors, nearest, routing, scrub, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
 from .endpoints import Endpoint
 from .modes import Mode
@@ -66,6 +66,7 @@ class Exchange:
     recorded: TapeEntry | None = None  # the recording a live answer is compared with
     divergence: divergence.Divergence | None = None
     live_output: list | None = None
+    miss: nearest.Explanation | None = None  # why a replay missed
     forward_body: bytes | None = None  # set when the forwarded body differs (seed injected)
     reply: Reply | None = None  # set when seedtape answers itself
     status: str = "passthrough"
@@ -86,6 +87,8 @@ class Exchange:
             out.append((wire.FINGERPRINT, self.fingerprint))
         if self.divergence:
             out.append((wire.DIVERGENCE, self.divergence.header()))
+        if self.miss is not None:
+            out.append((wire.MISS, self.miss.summary()))
         return out
 
 
@@ -125,6 +128,8 @@ class Tapedeck:
         self.store = store
         self.settings = settings
         self._salt_cache: bytes | None = None
+        self.index = nearest.NearestIndex(store)  # filled lazily, for explaining misses
+        self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed in this run
 
     # -- request side -------------------------------------------------------
 
@@ -179,7 +184,9 @@ class Tapedeck:
                 return self._serve(ex, entry)
             if mode is Mode.REPLAY:
                 ex.status = "miss"
-                return self._refuse(ex, errors.replay_miss(ex.key, path_only, self._miss_detail(ex.key), s.miss_hint), status="miss")
+                ex.miss = self._explain(ex)
+                detail = ex.miss.text() if ex.miss else ""
+                return self._refuse(ex, errors.replay_miss(ex.key, path_only, detail, s.miss_hint), status="miss")
         ex.status = "live"
         # The live answer will be compared with what replay would serve for this key.
         ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
@@ -199,18 +206,18 @@ class Tapedeck:
             self._salt_cache = self.settings.credential_salt.encode() or self.store.salt()
         return self._salt_cache
 
-    def _miss_detail(self, key: str) -> str:
-        pinned = self.settings.fingerprint
-        if pinned:
-            fps = self.store.fingerprints(key)
-            if fps:
-                return f"It is recorded only under fingerprint(s) {', '.join(fps)}, and replay is pinned to {pinned}."
-        return ""
+    def _explain(self, ex: Exchange) -> nearest.Explanation | None:
+        """The nearest recordings and how this request differs; never lets a miss fail for it."""
+        try:
+            return nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint)
+        except Exception:  # noqa: BLE001 - the miss answer matters more than its explanation
+            return None
 
     def _serve(self, ex: Exchange, entry: TapeEntry) -> Exchange:
         """Answer from a recording, in the format the client asked for."""
         ex.status = "hit"
         ex.fingerprint = entry.fingerprint
+        self.served.add((entry.key, entry.fingerprint))
         body, pace = entry.body, None
         want = "sse" if ex.stream else "json"
         if entry.format == want == "sse":
@@ -281,6 +288,7 @@ class Tapedeck:
             "endpoint": rec.endpoint, "model": rec.model, "namespace": rec.namespace,
             "recorded_fingerprint": d.recorded_fingerprint, "live_fingerprint": d.live_fingerprint,
             "verdict": d.verdict, "similarity": d.similarity, "embedding_distance": embedding_distance,
+            "first_difference": d.departure,
             "recorded_output": divergence.outputs(rec.endpoint, rec.format, rec.body),
             "live_output": ex.live_output,
         }
@@ -323,6 +331,7 @@ class Tapedeck:
         if s.redact_fields:
             request, _ = scrub.request(request, s.redact_fields)
             content, _ = scrub.body(content, fmt, s.redact_fields)
+        self.index.add(ex.key, request)
         self.store.put(
             TapeEntry(
                 key=ex.key,

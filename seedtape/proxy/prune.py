@@ -19,10 +19,12 @@ class PruneFilter:
     not_newest: bool = False  # every fingerprint of a key but the one replay serves
     model: str | None = None
     key_prefix: str | None = None
+    only: frozenset[tuple[str, str]] | None = None  # (key, fingerprint) pairs, e.g. an unused report
 
     @property
     def empty(self) -> bool:
-        return self.older_than is None and not self.not_newest and self.model is None and self.key_prefix is None
+        return (self.older_than is None and not self.not_newest and self.model is None and self.key_prefix is None
+                and self.only is None)
 
 
 def select(store: Store, f: PruneFilter, now: float | None = None) -> list[TapeEntry]:
@@ -35,6 +37,8 @@ def select(store: Store, f: PruneFilter, now: float | None = None) -> list[TapeE
     out = []
     for e in store.entries():
         if prefix is not None and not e.key.startswith(prefix):
+            continue
+        if f.only is not None and (e.key, e.fingerprint) not in f.only:
             continue
         if f.model is not None and e.model != f.model:
             continue

@@ -280,6 +280,26 @@ class Store:
 
         return self._read(read)
 
+    def stats_counts(self) -> dict:
+        """Entry and request-key counts, without reading any entry (cheap: for polling)."""
+        return self._read(lambda txn: {"entries": txn.stat(self._entries)["entries"],
+                                       "request_keys": txn.stat(self._latest)["entries"]})
+
+    def requests(self, skip: set[str] = frozenset()) -> Iterator[tuple[str, dict]]:
+        """(request key, canonical request) for every key not in ``skip``, reading headers only."""
+
+        def read(txn: lmdb.Transaction) -> list[tuple[str, bytes]]:
+            out, last = [], None
+            for k, v in txn.cursor(db=self._entries):
+                key = k.split(b"\0", 1)[0].decode()
+                if key != last and key not in skip:
+                    out.append((key, v))
+                last = key
+            return out
+
+        for key, raw in self._read(read):
+            yield key, TapeEntry.decode_header(raw)["request"]
+
     def stats(self) -> dict:
         def read(txn: lmdb.Transaction) -> dict:
             fps = {k.split(b"\0", 1)[1] for k in txn.cursor(db=self._entries).iternext(values=False)}

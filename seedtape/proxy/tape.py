@@ -75,6 +75,20 @@ class TapeEntry:
         except (struct.error, ValueError, TypeError) as e:
             raise CorruptEntry(str(e)) from e
 
+    @staticmethod
+    def decode_header(data: bytes) -> dict:
+        """Only the JSON header of an encoded entry (no body copy): for scans over many entries."""
+        try:
+            if not data.startswith(MAGIC):
+                raise CorruptEntry("bad magic")
+            (hlen,) = _LEN.unpack_from(data, 3)
+            meta = json.loads(data[7 : 7 + hlen])
+        except (struct.error, ValueError) as e:
+            raise CorruptEntry(str(e)) from e
+        if not isinstance(meta, dict):
+            raise CorruptEntry("the header is not an object")
+        return meta
+
     def sse_chunks(self) -> list[dict]:
         """The JSON chunks of a recorded stream, without [DONE]."""
         return [json.loads(e.data) for e in parse(self.body) if e.data != DONE]

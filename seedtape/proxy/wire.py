@@ -7,6 +7,7 @@ SEED = "seedtape-seed"
 NAMESPACE = "seedtape-namespace"  # request: label that enters the key
 AUTH_TOKEN = "seedtape-token"  # request: the proxy's --auth-token
 DIVERGENCE = "seedtape-divergence"
+MISS = "seedtape-miss"  # replay miss: the nearest recordings and what differs, one line
 
 # Request headers meant for seedtape only: never forwarded upstream.
 PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE, AUTH_TOKEN)

@@ -1,0 +1,123 @@
+"""`seedtape explain` (why would this request miss?) and `seedtape diff` (two recordings, field by field)."""
+
+from __future__ import annotations
+
+import json
+import re
+import sys
+from pathlib import Path
+
+import click
+
+from seedtape.cli.inspection import open_store, resolve, store_option
+from seedtape.proxy import divergence, endpoints, jsondiff, nearest
+from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
+from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
+
+_KEYLIKE = re.compile(r"^[0-9a-f]{4,64}$")
+
+
+def _guess_path(body: dict) -> str:
+    if "messages" in body:
+        return "/v1/chat/completions"
+    if "prompt" in body:
+        return "/v1/completions"
+    if "input" in body:
+        return "/v1/embeddings"
+    return "/v1/chat/completions"
+
+
+def _load(source: str) -> object:
+    try:
+        text = sys.stdin.read() if source == "-" else Path(source).read_text()
+    except OSError as e:
+        raise click.ClickException(f"cannot read {source}: {e.strerror}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise click.ClickException(f"{source} is not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+
+
+@click.command()
+@store_option
+@click.argument("request")
+@click.option("--path", "req_path", default=None, help="Endpoint path of a request body (default: guessed from the body).")
+@click.option("--namespace", default="", help="Namespace the request would be sent under.")
+@click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed the proxy injects.")
+@click.option("--no-seed-injection", is_flag=True, help="The proxy runs with --no-seed-injection.")
+@click.option("--ignore-field", multiple=True, metavar="FIELD", help="The proxy's --ignore-field list (default: user, metadata, store).")
+@click.option("--fingerprint", default=None, help="The proxy's pinned --fingerprint.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore_field, fingerprint, as_json):
+    """Explain whether REQUEST would replay, and if not, which recordings are nearest and what differs.
+
+    REQUEST is a JSON file (a request body as a client sends it, or a canonical request as
+    `seedtape show --json` prints it), - for stdin, or a recorded request key (prefix).
+    """
+    with open_store(store) as st:
+        if request != "-" and not Path(request).exists() and _KEYLIKE.match(request.lower()):
+            key = resolve(st, request)
+            canonical_json = st.get(key).request
+        else:
+            doc = _load(request)
+            if not isinstance(doc, dict):
+                raise click.ClickException(f"{request} must hold a JSON object (a request body)")
+            if {"method", "path", "body"} <= set(doc):  # already canonical
+                canonical_json = doc
+            else:
+                path = req_path or _guess_path(doc)
+                ep = endpoints.match("POST", path)
+                if ep is not None and ep.takes_seed:
+                    doc, _ = SeedPolicy(seed, not no_seed_injection).apply(doc)
+                ignored = frozenset(ignore_field) if ignore_field else frozenset(DEFAULT_IGNORED_FIELDS)
+                path, _, query = path.partition("?")
+                canonical_json = canonicalize("POST", path, query, doc, ignored_fields=ignored, namespace=namespace).to_json()
+        canonical = CanonicalRequest(
+            method=canonical_json.get("method", "POST"), path=canonical_json.get("path", "/v1/chat/completions"),
+            query=tuple(tuple(q) for q in canonical_json.get("query") or []), body=canonical_json.get("body"),
+            namespace=canonical_json.get("namespace", ""), credential=canonical_json.get("credential", ""),
+        )
+        key = canonical.key
+        hit = st.get(key, fingerprint)
+        if hit is not None:
+            result = {"key": key, "replays": True, "fingerprint": hit.fingerprint}
+            text = [f"{key[:12]} replays: recorded under {hit.fingerprint}."]
+        else:
+            expl = nearest.explain(st, nearest.NearestIndex(st), canonical, fingerprint)
+            result = {"replays": False, **expl.to_json()}
+            text = [f"{key[:12]} would miss ({canonical.path})."] + expl.lines()
+    if as_json:
+        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        click.echo("\n".join(text))
+
+
+@click.command("diff")
+@store_option
+@click.argument("key_a")
+@click.argument("key_b")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def diff_cmd(store, key_a, key_b, as_json):
+    """Show how two recordings differ: their requests, then their responses (newest fingerprints)."""
+    with open_store(store) as st:
+        a, b = st.get(resolve(st, key_a)), st.get(resolve(st, key_b))
+    req = jsondiff.diff(nearest.comparable(a.request), nearest.comparable(b.request))
+    out_a = divergence.outputs(a.endpoint, a.format, a.body)
+    out_b = divergence.outputs(b.endpoint, b.format, b.body)
+    resp = jsondiff.diff(out_a, out_b)
+    if as_json:
+        click.echo(json.dumps({
+            "a": {"key": a.key, "fingerprint": a.fingerprint}, "b": {"key": b.key, "fingerprint": b.fingerprint},
+            "request": [c.to_json() for c in req], "response": [c.to_json() for c in resp],
+            "response_departure": jsondiff.first_departure(out_a, out_b),
+        }, indent=2, ensure_ascii=False))
+        return
+    click.echo(f"a {a.key[:12]} ({a.fingerprint})  b {b.key[:12]} ({b.fingerprint})")
+    click.echo("request:" + ("" if req else " identical"))
+    for c in req:
+        click.echo(f"  {c}")
+    if a.fingerprint != b.fingerprint:
+        click.echo(f"fingerprint: {a.fingerprint} != {b.fingerprint}")
+    click.echo("response:" + ("" if resp else " identical output"))
+    for c in resp:
+        click.echo(f"  choices{c}" if c.path.startswith("[") else f"  {c}")

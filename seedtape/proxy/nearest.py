@@ -1,0 +1,191 @@
+"""The nearest recorded requests to one that missed, and what differs: the explanation of a miss.
+
+Every recorded canonical request is reduced to a set of leaf features
+(``messages[2].content=<hash>``, ``temperature=0.7``, ``namespace=a`` ...) in an
+inverted index built once per process and kept current. A miss looks up its
+own features, scores candidates of the same endpoint by Jaccard overlap with
+numpy, and diffs the best three with the JSON diff engine. Replay hits never
+touch the index.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import threading
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from . import jsondiff
+from .canonical import CanonicalRequest
+from .store import Store
+
+MAX_NEAREST = 3
+_WORDS = re.compile(r"\w+")
+
+
+def _h(text: str) -> int:
+    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
+
+
+def features(request: dict) -> set[int]:
+    """Hashed leaves of a canonical request (method, path and namespace count as leaves too)."""
+    out: set[int] = set()
+
+    def walk(node: object, path: str) -> None:
+        if isinstance(node, dict):
+            for k, v in node.items():
+                walk(v, f"{path}.{k}")
+        elif isinstance(node, list):
+            out.add(_h(f"{path}#len={len(node)}"))
+            for i, v in enumerate(node):
+                walk(v, f"{path}[{i}]")
+        else:
+            out.add(_h(f"{path}={json.dumps(node, sort_keys=True)}"))
+            if isinstance(node, str):  # words too, so a small edit of a long text stays near
+                out.update(_h(f"{path}~{w}") for w in _WORDS.findall(node.lower())[:200])
+
+    for k in ("method", "namespace", "query", "credential"):
+        out.add(_h(f"{k}={json.dumps(request.get(k), sort_keys=True)}"))
+    walk(request.get("body"), "body")
+    return out
+
+
+def comparable(request: dict) -> dict:
+    """The parts of a canonical request a person compares: body fields at top level, then namespace."""
+    body = request.get("body")
+    out = dict(body) if isinstance(body, dict) else {"body": body}
+    if request.get("namespace") or "namespace" in out:
+        out["namespace"] = request.get("namespace", "")
+    if request.get("query"):
+        out["query"] = request["query"]
+    if request.get("credential"):
+        out["credential"] = request["credential"]
+    return out
+
+
+@dataclass
+class Near:
+    key: str
+    score: float
+    fingerprints: list[str]
+    changes: list[jsondiff.Change]
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "score": round(self.score, 4), "fingerprints": self.fingerprints,
+                "differences": [c.to_json() | {"text": str(c)} for c in self.changes]}
+
+
+@dataclass
+class Explanation:
+    key: str
+    path: str
+    nearest: list[Near] = field(default_factory=list)
+    note: str = ""  # e.g. the same request under another fingerprint
+
+    def lines(self, max_changes: int = 6) -> list[str]:
+        if self.note:
+            return [self.note]
+        if not self.nearest:
+            return [f"Nothing recorded for {self.path} is near this request."]
+        out = ["Nearest recordings (recorded != this request):"]
+        for n, near in enumerate(self.nearest, 1):
+            shown = [str(c) for c in near.changes[:max_changes]]
+            more = f"; and {len(near.changes) - max_changes} more" if len(near.changes) > max_changes else ""
+            out.append(f"#{n} {near.key[:12]}: {'; '.join(shown) or 'no field differs'}{more}.")
+        return out
+
+    def text(self) -> str:
+        return " ".join(self.lines())
+
+    def summary(self, limit: int = 600) -> str:
+        """One header-safe line."""
+        s = " ".join(self.lines(max_changes=3))
+        s = s.encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
+        return s if len(s) <= limit else s[: limit - 1] + "…"
+
+    def to_json(self) -> dict:
+        return {"key": self.key, "path": self.path, "note": self.note, "nearest": [n.to_json() for n in self.nearest]}
+
+
+class NearestIndex:
+    """An inverted index of recorded requests, per endpoint path; safe to refresh from any thread."""
+
+    def __init__(self, store: Store):
+        self.store = store
+        self._lock = threading.Lock()
+        self._ids: dict[str, int] = {}
+        self._keys: list[str] = []
+        self._paths: list[str] = []
+        self._sizes: list[int] = []
+        self._requests: list[dict] = []
+        self._postings: dict[int, list[int]] = {}
+        self._known = -1  # request keys in the store when last refreshed
+
+    def add(self, key: str, request: dict) -> None:
+        with self._lock:
+            self._add(key, request)
+
+    def _add(self, key: str, request: dict) -> None:
+        if key in self._ids:
+            return
+        i = len(self._keys)
+        self._ids[key] = i
+        self._keys.append(key)
+        self._paths.append(request.get("path", ""))
+        self._requests.append(request)
+        feats = features(request)
+        self._sizes.append(len(feats))
+        for f in feats:
+            self._postings.setdefault(f, []).append(i)
+
+    def refresh(self) -> None:
+        """Take in requests that any process recorded since the last look."""
+        count = self.store.stats_counts()["request_keys"]
+        if count == self._known:
+            return
+        with self._lock:
+            for key, request in self.store.requests(skip=set(self._ids)):
+                self._add(key, request)
+            self._known = count
+
+    def __len__(self) -> int:
+        return len(self._keys)
+
+    def nearest(self, request: dict, exclude: Iterable[str] = (), k: int = MAX_NEAREST) -> list[tuple[str, float, dict]]:
+        self.refresh()
+        with self._lock:
+            if not self._keys:
+                return []
+            q = features(request)
+            hits = [np.asarray(self._postings[f], dtype=np.int64) for f in q if f in self._postings]
+            if not hits:
+                return []
+            overlap = np.bincount(np.concatenate(hits), minlength=len(self._keys)).astype(float)
+            sizes = np.asarray(self._sizes, dtype=float)
+            score = overlap / (len(q) + sizes - overlap)
+            same_path = np.fromiter((p == request.get("path") for p in self._paths), dtype=bool, count=len(self._paths))
+            score[~same_path] = -1.0
+            for key in exclude:
+                if key in self._ids:
+                    score[self._ids[key]] = -1.0
+            top = np.argsort(-score, kind="stable")[:k]
+            return [(self._keys[i], float(score[i]), self._requests[i]) for i in top if score[i] > 0]
+
+
+def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinned: str | None = None) -> Explanation:
+    """Why ``canonical`` has no recording to replay, and the nearest ones that exist."""
+    key = canonical.key
+    ex = Explanation(key=key, path=canonical.path)
+    fps = store.fingerprints(key)
+    if fps:
+        ex.note = (f"Same request, recorded only under fingerprint {', '.join(fps)} "
+                   f"(pinned {pinned})." if pinned else f"Same request, recorded under {', '.join(fps)}.")
+        return ex
+    mine = comparable(canonical.to_json())
+    for other_key, score, other in index.nearest(canonical.to_json(), exclude=[key]):
+        ex.nearest.append(Near(other_key, score, store.fingerprints(other_key), jsondiff.diff(comparable(other), mine)))
+    return ex
