@@ -116,8 +116,6 @@ class Seedtape:
 
     async def running(self) -> None:
         self.pacer = await Pacer().start()
-        if self.deck.settings.mode is Mode.REPLAY:  # build the miss index before the first miss needs it
-            asyncio.get_running_loop().run_in_executor(None, self.deck.index.refresh)
         ps = ctx.master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps else []
         for host, port, *_ in addrs[:1]:

@@ -10,8 +10,7 @@ touch the index.
 
 from __future__ import annotations
 
-import hashlib
-import json
+import gc
 import re
 import threading
 from collections.abc import Iterable
@@ -27,12 +26,11 @@ MAX_NEAREST = 3
 _WORDS = re.compile(r"\w+")
 
 
-def _h(text: str) -> int:
-    return int.from_bytes(hashlib.blake2b(text.encode("utf-8", "surrogatepass"), digest_size=8).digest(), "little", signed=True)
-
-
 def features(request: dict) -> set[int]:
-    """Hashed leaves of a canonical request (method, path and namespace count as leaves too)."""
+    """Hashed leaves of a canonical request (method, namespace, query count as leaves too).
+
+    Python's own str hash is enough: the index lives in one process and is never stored.
+    """
     out: set[int] = set()
 
     def walk(node: object, path: str) -> None:
@@ -40,16 +38,16 @@ def features(request: dict) -> set[int]:
             for k, v in node.items():
                 walk(v, f"{path}.{k}")
         elif isinstance(node, list):
-            out.add(_h(f"{path}#len={len(node)}"))
+            out.add(hash(f"{path}#len={len(node)}"))
             for i, v in enumerate(node):
                 walk(v, f"{path}[{i}]")
         else:
-            out.add(_h(f"{path}={json.dumps(node, sort_keys=True)}"))
+            out.add(hash(f"{path}={type(node).__name__}:{node}"))
             if isinstance(node, str):  # words too, so a small edit of a long text stays near
-                out.update(_h(f"{path}~{w}") for w in _WORDS.findall(node.lower())[:200])
+                out.update(hash(f"{path}~{w}") for w in _WORDS.findall(node.lower())[:200])
 
     for k in ("method", "namespace", "query", "credential"):
-        out.add(_h(f"{k}={json.dumps(request.get(k), sort_keys=True)}"))
+        out.add(hash(f"{k}={request.get(k)!r}"))
     walk(request.get("body"), "body")
     return out
 
@@ -123,6 +121,9 @@ class NearestIndex:
         self._sizes: list[int] = []
         self._requests: list[dict] = []
         self._postings: dict[int, list[int]] = {}
+        self._arrays: dict[int, np.ndarray] = {}  # numpy copies of postings, rebuilt when they grow
+        self._path_ids: dict[str, int] = {}
+        self._path_of: list[int] = []
         self._known = -1  # request keys in the store when last refreshed
 
     def add(self, key: str, request: dict) -> None:
@@ -136,6 +137,7 @@ class NearestIndex:
         self._ids[key] = i
         self._keys.append(key)
         self._paths.append(request.get("path", ""))
+        self._path_of.append(self._path_ids.setdefault(request.get("path", ""), len(self._path_ids)))
         self._requests.append(request)
         feats = features(request)
         self._sizes.append(len(feats))
@@ -148,9 +150,25 @@ class NearestIndex:
         if count == self._known:
             return
         with self._lock:
-            for key, request in self.store.requests(skip=set(self._ids)):
-                self._add(key, request)
+            # Millions of small objects: collecting while building them only costs time, and once
+            # built they live as long as the process, so the collector should skip them (freeze).
+            enabled = gc.isenabled()
+            gc.disable()
+            try:
+                for key, request in self.store.requests(skip=set(self._ids)):
+                    self._add(key, request)
+            finally:
+                if enabled:
+                    gc.enable()
+                gc.freeze()
             self._known = count
+
+    def _array(self, f: int) -> np.ndarray:
+        plist = self._postings[f]
+        arr = self._arrays.get(f)
+        if arr is None or len(arr) != len(plist):
+            arr = self._arrays[f] = np.asarray(plist, dtype=np.int64)
+        return arr
 
     def __len__(self) -> int:
         return len(self._keys)
@@ -161,14 +179,15 @@ class NearestIndex:
             if not self._keys:
                 return []
             q = features(request)
-            hits = [np.asarray(self._postings[f], dtype=np.int64) for f in q if f in self._postings]
+            hits = [self._array(f) for f in q if f in self._postings]
             if not hits:
                 return []
-            overlap = np.bincount(np.concatenate(hits), minlength=len(self._keys)).astype(float)
+            n = len(self._keys)
+            overlap = np.bincount(np.concatenate(hits), minlength=n).astype(float)
             sizes = np.asarray(self._sizes, dtype=float)
             score = overlap / (len(q) + sizes - overlap)
-            same_path = np.fromiter((p == request.get("path") for p in self._paths), dtype=bool, count=len(self._paths))
-            score[~same_path] = -1.0
+            path_id = self._path_ids.get(request.get("path", ""), -1)
+            score[np.asarray(self._path_of) != path_id] = -1.0
             for key in exclude:
                 if key in self._ids:
                     score[self._ids[key]] = -1.0
