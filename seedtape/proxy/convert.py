@@ -70,8 +70,10 @@ def _join(a: str | None, b: str | None) -> str | None:
     return b if a is None else a + (b or "")
 
 
-def chunks_to_chat(chunks: list[dict]) -> dict:
-    out: dict = {"object": "chat.completion"}
+def _assemble(chunks: list[dict], obj: str, new_choice, merge) -> dict:
+    """Fold stream chunks into one completion: metadata from the first chunk that has it, usage from
+    the usage chunk, and each choice built by ``merge(choice_so_far, chunk_choice)``."""
+    out: dict = {"object": obj}
     choices: dict[int, dict] = {}
     usage = None
     for ch in chunks:
@@ -81,61 +83,61 @@ def chunks_to_chat(chunks: list[dict]) -> dict:
         usage = ch.get("usage") or usage
         for c in ch.get("choices") or []:
             i = c.get("index", 0)
-            cur = choices.setdefault(i, {"index": i, "message": {"role": "assistant", "content": None, "refusal": None},
-                                         "logprobs": None, "finish_reason": None})
-            d, msg = c.get("delta") or {}, cur["message"]
-            if d.get("role"):
-                msg["role"] = d["role"]
-            if d.get("content") is not None:
-                msg["content"] = _join(msg["content"], d["content"])
-            if d.get("refusal") is not None:
-                msg["refusal"] = _join(msg["refusal"], d["refusal"])
-            for tc in d.get("tool_calls") or []:
-                calls = msg.setdefault("tool_calls", [])
-                j = tc.get("index", len(calls))
-                while len(calls) <= j:
-                    calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
-                call, fn = calls[j], tc.get("function") or {}
-                call["id"] = tc.get("id") or call["id"]
-                call["type"] = tc.get("type") or call["type"]
-                call["function"]["name"] += fn.get("name") or ""
-                call["function"]["arguments"] += fn.get("arguments") or ""
-            if c.get("logprobs"):
-                lp = cur["logprobs"] or {"content": None, "refusal": None}
-                for k in ("content", "refusal"):
-                    if c["logprobs"].get(k) is not None:
-                        lp[k] = (lp[k] or []) + c["logprobs"][k]
-                cur["logprobs"] = lp
-            if c.get("finish_reason"):
-                cur["finish_reason"] = c["finish_reason"]
+            merge(choices.setdefault(i, new_choice(i)), c)
     out["choices"] = [choices[i] for i in sorted(choices)]
     out["usage"] = usage
     return out
+
+
+def _merge_chat(cur: dict, c: dict) -> None:
+    d, msg = c.get("delta") or {}, cur["message"]
+    if d.get("role"):
+        msg["role"] = d["role"]
+    if d.get("content") is not None:
+        msg["content"] = _join(msg["content"], d["content"])
+    if d.get("refusal") is not None:
+        msg["refusal"] = _join(msg["refusal"], d["refusal"])
+    for tc in d.get("tool_calls") or []:
+        calls = msg.setdefault("tool_calls", [])
+        j = tc.get("index", len(calls))
+        while len(calls) <= j:
+            calls.append({"id": None, "type": "function", "function": {"name": "", "arguments": ""}})
+        call, fn = calls[j], tc.get("function") or {}
+        call["id"] = tc.get("id") or call["id"]
+        call["type"] = tc.get("type") or call["type"]
+        call["function"]["name"] += fn.get("name") or ""
+        call["function"]["arguments"] += fn.get("arguments") or ""
+    if c.get("logprobs"):
+        lp = cur["logprobs"] or {"content": None, "refusal": None}
+        for k in ("content", "refusal"):
+            if c["logprobs"].get(k) is not None:
+                lp[k] = (lp[k] or []) + c["logprobs"][k]
+        cur["logprobs"] = lp
+    if c.get("finish_reason"):
+        cur["finish_reason"] = c["finish_reason"]
+
+
+def _merge_text(cur: dict, c: dict) -> None:
+    cur["text"] += c.get("text") or ""
+    if c.get("logprobs"):
+        lp = cur["logprobs"] or {}
+        for k, v in c["logprobs"].items():
+            lp[k] = (lp.get(k) or []) + (v or []) if isinstance(v, list) or v is None else v
+        cur["logprobs"] = lp
+    if c.get("finish_reason"):
+        cur["finish_reason"] = c["finish_reason"]
+
+
+def chunks_to_chat(chunks: list[dict]) -> dict:
+    return _assemble(chunks, "chat.completion", lambda i: {
+        "index": i, "message": {"role": "assistant", "content": None, "refusal": None}, "logprobs": None,
+        "finish_reason": None}, _merge_chat)
 
 
 def chunks_to_text(chunks: list[dict]) -> dict:
-    out: dict = {"object": "text_completion"}
-    choices: dict[int, dict] = {}
-    usage = None
-    for ch in chunks:
-        for k in _META:
-            if k in ch and k not in out:
-                out[k] = ch[k]
-        usage = ch.get("usage") or usage
-        for c in ch.get("choices") or []:
-            i = c.get("index", 0)
-            cur = choices.setdefault(i, {"index": i, "text": "", "logprobs": None, "finish_reason": None})
-            cur["text"] += c.get("text") or ""
-            if c.get("logprobs"):
-                lp = cur["logprobs"] or {}
-                for k, v in c["logprobs"].items():
-                    lp[k] = (lp.get(k) or []) + (v or []) if isinstance(v, list) or v is None else v
-                cur["logprobs"] = lp
-            if c.get("finish_reason"):
-                cur["finish_reason"] = c["finish_reason"]
-    out["choices"] = [choices[i] for i in sorted(choices)]
-    out["usage"] = usage
-    return out
+    """Legacy /completions."""
+    return _assemble(chunks, "text_completion",
+                     lambda i: {"index": i, "text": "", "logprobs": None, "finish_reason": None}, _merge_text)
 
 
 # -- entry points ----------------------------------------------------------------
