@@ -213,6 +213,9 @@ class Seedtape:
             return
         if not flow.response.headers.get("content-type", "").startswith("text/event-stream"):
             return
+        if flow.request.http_version == "HTTP/1.0":
+            # An HTTP/1.0 client cannot read chunked framing: the stream then ends when the connection closes.
+            flow.response.headers.pop("transfer-encoding", None)
         # Pass events through as they arrive; headers go out right after this hook.
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         tape = self.deck.start_stream(ex) if ex is not None else None

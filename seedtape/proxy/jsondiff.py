@@ -32,6 +32,9 @@ class Change:
 
     def __str__(self) -> str:
         a, b = shorten_pair(self.a, self.b)
+        if isinstance(self.a, str) != isinstance(self.b, str):  # "0.7" vs 0.7: show that one is a string
+            a, b = (json.dumps(v, ensure_ascii=False) if isinstance(v, str) and not t.startswith('"') else t
+                    for v, t in ((self.a, a), (self.b, b)))
         return f"{self.path or '(whole)'}: {a} != {b}"
 
 
