@@ -79,6 +79,8 @@ class Proxy:
                 self.proc.kill()
                 self.proc.wait()
         self._reader.join(5)  # the pipe is drained once the process is gone
+        if self.proc.stdout is not None and not self._reader.is_alive():
+            self.proc.stdout.close()
         return self.proc.returncode
 
     def __enter__(self) -> Proxy:

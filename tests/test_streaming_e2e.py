@@ -254,7 +254,7 @@ def test_curl_stream_raw_events(upstream, store, proxies):
     assert again == live  # byte for byte
 
 
-def test_stream_helper_leaving_at_length_finish_keeps_a_complete_recording(upstream, store, proxies):
+def test_stream_helper_at_a_length_finish_records_the_complete_stream(upstream, store, proxies):
     upstream.chunk_delay = 0.02
     p = proxies("--upstream", upstream.url, "--store", store)
     c = client(p)

@@ -8,7 +8,8 @@
    that answers with seedtape's JSON error.
 2. Aborting a stalled upstream (``--upstream-timeout``): mitmproxy has only an
    idle timeout for whole connections, so seedtape cancels the server
-   connection's reader task itself (``Proxyserver.connections[...].transports``).
+   connection's reader task itself (``Proxyserver.connections[...].transports``),
+   unless the client is the slow side (its write buffer is not empty).
 
 tests/test_proxy_e2e.py (upstream unreachable) and tests/test_faults.py (timeouts)
 check both on every run.
@@ -55,11 +56,22 @@ def uninstall() -> None:
     _http1.make_error_response = _original
 
 
-def abort_upstream(flow: http.HTTPFlow, err: errors.SeedtapeError | None) -> bool:
-    """Cut the flow's upstream connection. ``err`` is what the client gets if no response started."""
+def _transports(flow: http.HTTPFlow):
     ps = ctx.master.addons.get("proxyserver")
     handler = ps.connections.get(flow.client_conn.id) if ps else None
-    io = handler.transports.get(flow.server_conn) if handler else None
+    return handler.transports if handler else {}
+
+
+def client_backlogged(flow: http.HTTPFlow) -> bool:
+    """The client has not read what it was sent yet: mitmproxy holds back upstream reads meanwhile."""
+    io = _transports(flow).get(flow.client_conn)
+    transport = getattr(getattr(io, "writer", None), "transport", None)
+    return bool(transport is not None and transport.get_write_buffer_size() > 0)
+
+
+def abort_upstream(flow: http.HTTPFlow, err: errors.SeedtapeError | None) -> bool:
+    """Cut the flow's upstream connection. ``err`` is what the client gets if no response started."""
+    io = _transports(flow).get(flow.server_conn)
     if io is None or io.handler is None or io.handler.done():
         return False
     if err is not None:

@@ -310,7 +310,10 @@ class Seedtape:
 
     def _timed_out(self, flow: http.HTTPFlow, seconds: float) -> None:
         flow.metadata.pop(TIMER, None)
-        started = flow.response is not None  # headers went out: all that is left is to cut the stream
+        if internals.client_backlogged(flow):  # a slow reader, not a stalled upstream: wait on
+            self._arm(flow)
+            return
+        started = flow.response is not None and bool(flow.response.stream)  # bytes went out: only a cut is left
         err = None if started else errors.upstream_timeout(self.deck.settings.upstream, seconds)
         if internals.abort_upstream(flow, err):
             ex: Exchange | None = flow.metadata.get(EXCHANGE)

@@ -58,7 +58,7 @@ def upstream_unreachable(upstream: str, reason: str) -> SeedtapeError:
     return SeedtapeError(
         502,
         "upstream_unreachable",
-        f"seedtape could not reach the upstream {upstream}: {reason}. "
+        f"seedtape could not reach the upstream {upstream}, or lost it before a complete answer: {reason}. "
         "Check --upstream and the network, or use --mode replay to serve recordings offline.",
     )
 
