@@ -32,7 +32,8 @@ class Proxy:
     def __init__(self, args: Sequence[str], env: dict | None = None, timeout: float = 30.0):
         cmd = [sys.executable, "-m", "seedtape", "serve", "--port", "0", *args]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, text=True, bufsize=1)
+                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, text=True, bufsize=1,
+                                     errors="backslashreplace")  # a raw byte in a logged path must not stop the reader
         self.lines: list[str] = []
         self.base_url = ""
         self.store = ""

@@ -27,6 +27,7 @@ from seedtape.proxy import errors, wire
 
 _original = _http1.make_error_response
 _upstream = "the upstream"
+_max_body = 0
 # Reasons of upstream aborts that have not reached their error page yet. mitmproxy passes
 # no flow to make_error_response; aborts are rare and answered at once, so FIFO order holds.
 _aborts: deque[errors.SeedtapeError] = deque(maxlen=64)
@@ -35,6 +36,11 @@ _aborts: deque[errors.SeedtapeError] = deque(maxlen=64)
 def make_error_response(status_code: int, message: str = "") -> bytes:
     if status_code == 502 and _aborts:
         err = _aborts.popleft()
+    elif status_code == 413:  # mitmproxy's body_size_limit, which `seedtape serve` sets to --max-body
+        err = errors.too_large("said by its content-length, or read so far", _max_body)
+    elif status_code == 502 and "body_size_limit" in message:
+        err = errors.SeedtapeError(502, "response_too_large",
+                                   f"the upstream's answer is larger than --max-body ({_max_body} bytes); raise it.")
     elif status_code == 502:
         err = errors.upstream_unreachable(_upstream, message or "connection failed")
     else:
@@ -43,10 +49,10 @@ def make_error_response(status_code: int, message: str = "") -> bytes:
     return http1.assemble_response(http.Response.make(err.status, err.body(), headers))
 
 
-def install(upstream: str) -> None:
+def install(upstream: str, max_body: int = 0) -> None:
     """Answer mitmproxy's own errors in OpenAI's shape, naming ``upstream``."""
-    global _upstream
-    _upstream = upstream
+    global _upstream, _max_body
+    _upstream, _max_body = upstream, max_body
     if not callable(getattr(_http1, "make_error_response", None)):
         raise RuntimeError("this mitmproxy has no _http1.make_error_response; seedtape needs mitmproxy 12")
     _http1.make_error_response = make_error_response

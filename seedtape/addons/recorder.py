@@ -17,7 +17,7 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
-from seedtape.proxy import divergence, embedder, errors, scrub, unused, wire
+from seedtape.proxy import bodies, divergence, embedder, errors, scrub, unused, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -92,7 +92,7 @@ class Seedtape:
             except StoreError as e:  # mitmproxy reports OptionsError as a plain startup error
                 raise exceptions.OptionsError(str(e)) from None
         upstream = upstream_of(ctx.options.mode)
-        internals.install(upstream)
+        internals.install(upstream, ctx.options.seedtape_max_body)
         self.deck = Tapedeck(
             self.store,
             Settings(
@@ -150,7 +150,7 @@ class Seedtape:
             return
         length = flow.request.headers.get("content-length", "")
         if length.isdigit() and int(length) > ctx.options.seedtape_max_body:
-            self._reply(flow, errors.too_large(int(length), ctx.options.seedtape_max_body))
+            self._reply(flow, errors.too_large(f"it has {length} bytes", ctx.options.seedtape_max_body))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # answered earlier, by seedtape or another addon
@@ -169,13 +169,14 @@ class Seedtape:
         headers = {k.lower(): v for k, v in req.headers.items()}
         for h in wire.PROXY_ONLY_REQUEST_HEADERS:
             req.headers.pop(h, None)
+        limit = ctx.options.seedtape_max_body
         try:
-            content = req.get_content(strict=True) or b""
+            content = bodies.decode(req.raw_content or b"", req.headers.get("content-encoding", ""), limit)
+        except bodies.TooLarge as e:
+            self._reply(flow, errors.too_large(str(e), limit))
+            return
         except ValueError as e:
             self._reply(flow, errors.bad_request(f"its body could not be decoded ({e})"))
-            return
-        if len(content) > ctx.options.seedtape_max_body:
-            self._reply(flow, errors.too_large(len(content), ctx.options.seedtape_max_body))
             return
         ex = self.deck.begin(req.method, req.path, headers, content)
         flow.metadata[EXCHANGE] = ex
@@ -338,7 +339,8 @@ class Seedtape:
             extra += f" divergence={ex.divergence.header()}"
             if ex.divergence.departure:
                 extra += f" first difference: {ex.divergence.departure['summary']}"
-        log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, ex.path.split("?", 1)[0], key, ex.fingerprint or "-", status, ms, extra)
+        path = ex.path.split("?", 1)[0].encode("ascii", "backslashreplace").decode()  # no raw bytes or escapes in logs
+        log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, path, key, ex.fingerprint or "-", status, ms, extra)
 
 
 addons = [Seedtape()]

@@ -24,6 +24,20 @@ def open_store(path: str) -> Store:
         raise click.ClickException(str(e)) from None
 
 
+def dumps(doc: object) -> str:
+    """Pretty JSON for a terminal; lone surrogates (valid JSON escapes, not UTF-8) stay escaped."""
+    text = json.dumps(doc, indent=2, ensure_ascii=False)
+    try:
+        text.encode("utf-8")
+        return text
+    except UnicodeEncodeError:
+        return json.dumps(doc, indent=2)
+
+
+def printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
@@ -69,7 +83,7 @@ def ls(store: str, as_json: bool) -> None:
     if as_json:
         for r in rows:
             r["recorded_at"] = when(r["recorded_at"])
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        click.echo(dumps(rows))
         return
     if not rows:
         click.echo(f"no recordings in {store}")
@@ -77,7 +91,7 @@ def ls(store: str, as_json: bool) -> None:
     click.echo(f"{'KEY':<14} {'MODEL':<22} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
     for r in rows:
         fps = ",".join(r["fingerprints"])
-        click.echo(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {fps[:24]:<24} {when(r['recorded_at']):<21} {r['prompt']}")
+        click.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {fps[:24]:<24} {when(r['recorded_at']):<21} {r['prompt']}"))
 
 
 def resolve(st: Store, prefix: str) -> str:
@@ -119,16 +133,16 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
             "response": {"status": e.status, "headers": dict(e.headers), "body": _body_for_display(e)},
         })
     if as_json:
-        click.echo(json.dumps(out if len(out) > 1 else out[0], indent=2, ensure_ascii=False))
+        click.echo(dumps(out if len(out) > 1 else out[0]))
         return
     for o in out:
-        click.secho(f"key {o['key']}  fingerprint {o['fingerprint']}", bold=True)
-        click.echo(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
-                   f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}")
+        click.secho(printable(f"key {o['key']}  fingerprint {o['fingerprint']}"), bold=True)
+        click.echo(printable(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
+                   f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}"))
         click.secho("request:", bold=True)
-        click.echo(json.dumps(o["request"], indent=2, ensure_ascii=False))
+        click.echo(dumps(o["request"]))
         click.secho(f"response: {o['response']['status']}", bold=True)
-        click.echo(json.dumps(o["response"]["body"], indent=2, ensure_ascii=False))
+        click.echo(dumps(o["response"]["body"]))
         click.echo()
 
 

@@ -141,6 +141,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
         seedtape_miss_hint=miss_hint,
         seedtape_upstream_timeout=upstream_timeout,
         seedtape_max_body=max_body,
+        body_size_limit=str(max_body),  # mitmproxy refuses larger bodies before reading them
         seedtape_auth_token=auth_token or "",
         seedtape_redact_header=list(redact_header),
         seedtape_redact_field=list(redact_field),

@@ -81,9 +81,9 @@ def upstream_timeout(upstream: str, seconds: float) -> SeedtapeError:
     )
 
 
-def too_large(size: int, limit: int) -> SeedtapeError:
+def too_large(why: str, limit: int) -> SeedtapeError:
     return SeedtapeError(
-        413, "request_too_large", f"seedtape refuses request bodies over {limit} bytes (this one has {size}); raise --max-body."
+        413, "request_too_large", f"seedtape refuses request bodies over {limit} bytes ({why}); raise --max-body."
     )
 
 

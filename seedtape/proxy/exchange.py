@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 from dataclasses import dataclass, field
 
@@ -102,15 +103,44 @@ def _json_object(content: bytes) -> dict:
         text = content.decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32 and pass surrogates
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8") from None
+
+    def finite(literal: str) -> float:
+        value = float(literal)
+        if not math.isfinite(value):
+            raise ValueError(f"{literal} is too large for a JSON number")
+        return value
+
     try:
-        body = json.loads(text, parse_constant=no_constants)
+        body = json.loads(text, parse_constant=no_constants, parse_float=finite)
     except RecursionError:
         raise ValueError("the JSON body is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except ValueError as e:  # NaN/Infinity, a float overflow, a 5000-digit int
+        raise ValueError(f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ValueError(f"the JSON body must be an object, not {type(body).__name__}")
+    if _depth(body) > MAX_DEPTH:
+        raise ValueError(f"the JSON body is nested too deeply (more than {MAX_DEPTH} levels)")
     return body
+
+
+MAX_DEPTH = 200  # far beyond any real request; deeper bodies could not be stored or diffed
+
+
+def _depth(doc: object) -> int:
+    """Nesting depth, without recursion."""
+    deepest, stack = 0, [(doc, 1)]
+    while stack:
+        node, d = stack.pop()
+        deepest = max(deepest, d)
+        if d > MAX_DEPTH:
+            return d
+        if isinstance(node, dict):
+            stack.extend((v, d + 1) for v in node.values())
+        elif isinstance(node, list):
+            stack.extend((v, d + 1) for v in node)
+    return deepest
 
 
 def encode_json(body: object) -> bytes:
@@ -199,7 +229,7 @@ class Tapedeck:
         raw = next((headers[h] for h in CREDENTIAL_HEADERS if headers.get(h)), "")
         if not raw:
             return "anonymous"
-        return hashlib.sha256(self._salt() + raw.encode()).hexdigest()[:32]
+        return hashlib.sha256(self._salt() + raw.encode("utf-8", "surrogateescape")).hexdigest()[:32]
 
     def _salt(self) -> bytes:
         if self._salt_cache is None:
