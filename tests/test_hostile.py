@@ -231,9 +231,13 @@ def check_exchange(ex: Exchange) -> str:
         assert HEX64.fullmatch(ex.key)
         assert ex.key == hashlib.sha256(ex.canonical.canonical_bytes()).hexdigest()
         json.loads(ex.canonical.canonical_bytes().decode("utf-8", "surrogatepass"))  # the canonical form is JSON
-        if ex.forward_body is not None:
+        if ex.forward_body is not None:  # rewritten only to inject a seed, or (injection off) to drop seed: null
             forwarded = json.loads(ex.forward_body)
-            assert isinstance(forwarded, dict) and "seed" in forwarded
+            assert isinstance(forwarded, dict)
+            if ex.seed.endswith("injected"):
+                assert forwarded.get("seed") is not None
+            else:
+                assert ex.seed == "none" and "seed" not in forwarded
         return "keyed"
     assert ex.status == "passthrough" and ex.forward_body is None
     assert ex.endpoint is None or ex.mode is Mode.PASSTHROUGH

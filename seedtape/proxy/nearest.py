@@ -127,8 +127,10 @@ class NearestIndex:
         self._known = -1  # request keys in the store when last refreshed
 
     def add(self, key: str, request: dict) -> None:
+        """Take in a new recording, if the index is in use (refresh picks it up otherwise)."""
         with self._lock:
-            self._add(key, request)
+            if self._known >= 0:
+                self._add(key, request)
 
     def _add(self, key: str, request: dict) -> None:
         if key in self._ids:
@@ -150,8 +152,10 @@ class NearestIndex:
         if count == self._known:
             return
         with self._lock:
-            # Millions of small objects: collecting while building them only costs time, and once
-            # built they live as long as the process, so the collector should skip them (freeze).
+            # Millions of small objects: collecting while building them only costs time. After the
+            # first build they live as long as the process, so the collector skips them from then on
+            # (frozen once: freezing again would also pin whatever else is alive at that moment).
+            first = self._known < 0
             enabled = gc.isenabled()
             gc.disable()
             try:
@@ -160,6 +164,7 @@ class NearestIndex:
             finally:
                 if enabled:
                     gc.enable()
+            if first:
                 gc.freeze()
             self._known = count
 

@@ -51,7 +51,7 @@ class Store:
         try:
             self.env = lmdb.open(
                 str(self.path),
-                map_size=map_size,
+                map_size=0 if readonly else map_size,  # a reader adopts the store's own size
                 max_dbs=8,
                 mode=0o600,
                 readonly=readonly,
