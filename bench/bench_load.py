@@ -28,11 +28,8 @@ import asyncio
 import json
 import os
 import re
-import signal
-import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -40,7 +37,7 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_replay  # noqa: E402
-from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, proc_cpu_seconds  # noqa: E402
+from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, proc_cpu_seconds, run_bench  # noqa: E402
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 CONNECTION_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.I)
@@ -330,18 +327,7 @@ def main() -> None:
         return print(json.dumps(asyncio.run(load_worker(a))))
     if a.role == "upstream":
         return upstream_role(a)
-    started = time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on SIGTERM too
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="seedtape-bench-load-") as tmp:
-        try:
-            bench(a, Path(tmp), servers)
-        except KeyboardInterrupt:
-            sys.exit("interrupted")
-        finally:
-            for s in reversed(servers):
-                s.stop()
-    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    run_bench(bench, a, "seedtape-bench-load-")
 
 
 if __name__ == "__main__":

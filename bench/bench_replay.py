@@ -428,10 +428,15 @@ def main() -> None:
         return print(json.dumps(sdk_worker(a)))
     if a.role == "upstream":
         return upstream_role()
+    run_bench(bench, a)
+
+
+def run_bench(bench, a: argparse.Namespace, prefix: str = "seedtape-bench-") -> None:
+    """Run ``bench(a, tmpdir, servers)`` and stop every server it started, even on SIGTERM or Ctrl-C."""
     started = time.monotonic()
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on SIGTERM too
     servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="seedtape-bench-") as tmp:
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
         try:
             bench(a, Path(tmp), servers)
         except KeyboardInterrupt:

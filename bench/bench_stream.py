@@ -35,18 +35,16 @@ import argparse
 import asyncio
 import json
 import re
-import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, ratio, seedtape_cmd  # noqa: E402
+from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, ratio, run_bench, seedtape_cmd  # noqa: E402
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.I)
@@ -323,18 +321,7 @@ def main() -> None:
     a = parse_args()
     if a.role == "load":
         return print(json.dumps(asyncio.run(load_worker(a))))
-    started = time.monotonic()
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # run the finally below on SIGTERM too
-    servers: list[Server] = []
-    with tempfile.TemporaryDirectory(prefix="seedtape-bench-stream-") as tmp:
-        try:
-            bench(a, Path(tmp), servers)
-        except KeyboardInterrupt:
-            sys.exit("interrupted")
-        finally:
-            for s in reversed(servers):
-                s.stop()
-    print(f"\n(total {time.monotonic() - started:.0f}s)")
+    run_bench(bench, a, "seedtape-bench-stream-")
 
 
 if __name__ == "__main__":
