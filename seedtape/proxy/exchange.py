@@ -218,8 +218,12 @@ class Tapedeck:
                 detail = ex.miss.text() if ex.miss else ""
                 return self._refuse(ex, errors.replay_miss(ex.key, path_only, detail, s.miss_hint), status="miss")
         ex.status = "live"
-        # The live answer will be compared with what replay would serve for this key.
-        ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
+        # The live answer will be compared with what replay would serve for this key (auto and
+        # replay looked that up above: only a pinned miss may still have a newest one to compare with).
+        if mode.serves_recordings:
+            ex.recorded = self.store.get(ex.key) if s.fingerprint else None
+        else:
+            ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
         return ex
 
     def _credential(self, headers: dict[str, str]) -> str:
