@@ -143,7 +143,7 @@ def test_replay_miss_is_explained_in_error_header_and_log(upstream, store, proxi
     header = info.value.response.headers["seedtape-miss"]
     assert header.startswith("Nearest recordings (recorded != this request): #1 ")
     assert "temperature: 0.7 != 0.2" in header
-    assert "temperature: 0.7 != 0.2" in rep.output
+    assert rep.logged("temperature: 0.7 != 0.2"), rep.output
 
 
 def test_streaming_and_namespaced_misses_are_explained(upstream, store, proxies):

@@ -24,7 +24,7 @@ import httpx
 import lmdb
 import openai
 import pytest
-from conftest import API_KEY, chat
+from conftest import API_KEY, chat, wait_for
 from conftest import client as sdk_client
 from faulty_upstream import FaultyUpstream
 
@@ -83,14 +83,6 @@ def entries(store: str) -> list:
     except Exception:  # no store yet: nothing was ever recorded
         return []
 
-
-def wait_for(predicate, timeout: float = 10.0, every: float = 0.02) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(every)
-    return predicate()
 
 
 def messages(text: str = TEXT) -> list[dict]:

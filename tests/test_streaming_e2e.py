@@ -8,7 +8,7 @@ import time
 import httpx
 import openai
 import pytest
-from conftest import async_client, client
+from conftest import async_client, client, wait_for
 
 from seedtape.proxy.store import Store
 
@@ -62,8 +62,8 @@ def test_live_stream_reaches_client_before_upstream_finishes(upstream, store, pr
     upstream.gate.set()
     rest = list(stream)
     assert rest[-1].choices[0].finish_reason == "stop"
-    time.sleep(0.2)
-    assert len(entries(store)) == 1 and entries(store)[0].format == "sse"
+    assert wait_for(lambda: len(entries(store)) == 1)
+    assert entries(store)[0].format == "sse"
 
 
 @pytest.mark.parametrize("include_usage", [False, True])
@@ -127,9 +127,8 @@ def test_broken_streams_are_never_recorded(upstream, store, proxies, fault):
     upstream.stream_fault = None
     headers, chunks = stream_chunks(c)  # the proxy keeps serving, and records a good one
     assert chunks[-1]["choices"][0]["finish_reason"] == "stop"
-    time.sleep(0.2)
-    assert len(entries(store)) == 1
-    assert "nothing recorded" in p.output or "unrecorded" in p.output
+    assert wait_for(lambda: len(entries(store)) == 1)
+    assert wait_for(lambda: "nothing recorded" in p.output or "unrecorded" in p.output), p.output
 
 
 SCENARIOS = {
@@ -247,7 +246,7 @@ def test_curl_stream_raw_events(upstream, store, proxies):
         live = b"".join(r.iter_raw())
     assert r.headers["content-type"].startswith("text/event-stream")
     assert live.endswith(b"data: [DONE]\n\n")
-    time.sleep(0.2)
+    assert wait_for(lambda: len(entries(store)) == 1)
     with httpx.stream("POST", p.base_url + "/chat/completions", json=body) as r:
         again = b"".join(r.iter_raw())
     assert r.headers["seedtape-status"] == "hit"
@@ -264,9 +263,7 @@ def test_stream_helper_at_a_length_finish_records_the_complete_stream(upstream, 
             for _ in s:
                 pass
             s.get_final_completion()
-    deadline = time.monotonic() + 10
-    while not entries(store) and time.monotonic() < deadline:
-        time.sleep(0.1)
+    assert wait_for(lambda: entries(store))
     [entry] = entries(store)
     assert entry.body.endswith(b"data: [DONE]\n\n")
     assert entry.sse_chunks()[-1]["usage"]["total_tokens"] == 22  # what the upstream completed, usage included
