@@ -10,8 +10,9 @@
    HTTP/1.0): other key orders, whitespace, 1.0 vs 1, escapes, an explicit
    `"stream": false`, gzip request bodies, `Accept-Encoding: gzip` responses, and
    HTTP/1.0 clients without keep-alive.
-3. LangChain's request shapes, written by hand (LangChain is not installed: its
-   ChatOpenAI sends through the Python SDK, so the JSON shape is what differs).
+3. LangChain's request shapes, written by hand: ChatOpenAI with ``n=1`` and
+   ``stream_usage=True`` (older langchain-openai sent both by default). The real
+   ChatOpenAI is tested in tests/test_langchain.py.
 
 Behaviours documented here, by the README's key rules (version 1):
 
@@ -20,7 +21,7 @@ Behaviours documented here, by the README's key rules (version 1):
   request (`stream: true`, `stream_options.include_usage`) replays a non-streamed
   recording of the same shape, and the other way round (converted).
 - An explicit `"n": 1` and an absent `n` are different keys: `n` is not on the
-  default ignore list (`user`, `metadata`, `store`). So LangChain's shape (`n: 1`)
+  default ignore list (`user`, `metadata`, `store`). So a ChatOpenAI(n=1) shape
   and the Python/Node SDK's (no `n`) do not share recordings. `--ignore-field n`
   (repeat the defaults you keep) merges them, at the price that `n: 2` would then
   replay an `n: 1` recording.
@@ -546,7 +547,7 @@ def test_miss_explanation_shows_a_quoted_number_differently(upstream, store, pro
 # -- LangChain's request shapes ---------------------------------------------------------------
 
 LC_MESSAGES = [{"role": "system", "content": "You are terse."}, {"role": "user", "content": "LangChain says hi"}]
-# ChatOpenAI(temperature=0.7).invoke(...) and .stream(...), as they reach the wire
+# ChatOpenAI(temperature=0.7, n=1, stream_usage=True).invoke(...) and .stream(...), as they reach the wire
 LANGCHAIN = {"model": "gpt-4o-mini", "messages": LC_MESSAGES, "stream": False, "n": 1, "temperature": 0.7}
 LANGCHAIN_STREAM = {**LANGCHAIN, "stream": True, "stream_options": {"include_usage": True}}
 
