@@ -56,6 +56,13 @@ def chat_bodies(n: int) -> list[dict]:
             for i in range(n)]
 
 
+def sdk_json(body: dict) -> bytes:
+    """A request body serialized byte for byte as the openai SDK sends it (compact JSON), so that
+    replayers matching raw bytes (mitmproxy's server replay, bench_baselines.py) see the same
+    requests from the load generator as from the SDK."""
+    return json.dumps(body, separators=(",", ":")).encode()
+
+
 def percentiles(latencies: list[float]) -> tuple[float, float]:
     """p50 and p99 in milliseconds."""
     if len(latencies) < 2:
@@ -90,7 +97,7 @@ async def load_worker(a: argparse.Namespace) -> dict:
     requests = [b"POST /v1/chat/completions HTTP/1.1\r\nhost: %s\r\ncontent-type: application/json\r\n"
                 b"authorization: Bearer %s\r\ncontent-length: %d\r\n\r\n%s"
                 % (url.netloc.encode(), API_KEY.encode(), len(body), body)
-                for body in (json.dumps(b).encode() for b in json.loads(Path(a.bodies).read_text()))]
+                for body in (sdk_json(b) for b in json.loads(Path(a.bodies).read_text()))]
     name, _, value = a.expect.partition("=")
     expect = re.compile(rb"\r\n%s:[ \t]*%s\r\n" % (re.escape(name.encode()), re.escape(value.encode())), re.I)
     latencies: list[float] = []
@@ -156,6 +163,8 @@ def sdk_worker(a: argparse.Namespace) -> dict:
     latencies, errors, first_error = [], 0, ""
     for i in range(SDK_WARMUP_CALLS + a.calls):
         t0 = time.perf_counter()
+        if i == SDK_WARMUP_CALLS:
+            started = t0
         try:
             client.chat.completions.create(**bodies[i % len(bodies)])
         except openai.OpenAIError as e:
@@ -163,8 +172,10 @@ def sdk_worker(a: argparse.Namespace) -> dict:
             continue
         if i >= SDK_WARMUP_CALLS:
             latencies.append(time.perf_counter() - t0)
+    elapsed = time.perf_counter() - started
     p50, p99 = percentiles(latencies)
-    return {"requests": len(latencies), "errors": errors, "first_error": first_error, "p50": p50, "p99": p99}
+    return {"requests": len(latencies), "errors": errors, "first_error": first_error, "p50": p50, "p99": p99,
+            "cps": len(latencies) / elapsed if elapsed > 0 else float("nan")}
 
 
 def upstream_role() -> None:
