@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import tempfile
 from pathlib import Path
 
@@ -72,7 +73,10 @@ def seedtape_proxy(pytestconfig: pytest.Config):
     with serve(mode, tapes=_tapes(pytestconfig), upstream=pytestconfig.getoption("--seedtape-upstream"), args=args) as proxy:
         yield proxy
     if report is not None:
-        pytestconfig.stash[_unused] = (_read_unused(report), report, _tapes(pytestconfig))
+        found = _read_unused(report)
+        if not found:  # nothing to prune: the report is not needed afterwards
+            shutil.rmtree(report.parent, ignore_errors=True)
+        pytestconfig.stash[_unused] = (found, report, _tapes(pytestconfig))
 
 
 @pytest.fixture(autouse=True)
@@ -126,8 +130,8 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         ns = f" ns={e['namespace']}" if e.get("namespace") else ""
         tr.write_line(f"{e['key'][:12]} {e['fingerprint']} {e.get('model', '')} {e.get('path', '')}{ns}")
     tr.write_line(f"{len(unused)} unused (listed in {report}); reported, never deleted. To remove them:")
-    tr.write_line(f"  seedtape import {tapes} --store /tmp/prune && seedtape prune --store /tmp/prune "
-                  f"--unused-in {report} && seedtape export {tapes} --store /tmp/prune")
+    tr.write_line(f'  s="$(mktemp -d)" && seedtape import {tapes} --store "$s" && seedtape prune --store "$s" '
+                  f'--unused-in {report} && seedtape export {tapes} --store "$s"; rm -rf "$s"')
 
 
 @pytest.hookimpl(wrapper=True)

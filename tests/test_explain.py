@@ -237,11 +237,39 @@ def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
     run = lambda *a: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a],  # noqa: E731
                                     cwd=project, capture_output=True, text=True, timeout=300, env=env)
-    assert run("--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}").returncode == 0
+    # The first, recording run is strict too: what it just recorded was used by its tests.
+    r = run("--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}", "--seedtape-strict")
+    assert r.returncode == 0, r.stdout
+    assert "every recording in the tapes was used" in r.stdout
     r = run("--seedtape-mode=replay", "--seedtape-strict")
     assert r.returncode == 0, r.stdout
     assert "every recording in the tapes was used" in r.stdout
+    tapes_before = sorted(p.name for p in (project / "tapes").rglob("*.json"))
     r = run("--seedtape-mode=replay", "--seedtape-strict", "-k", "not story")
     assert r.returncode == 1, r.stdout
     assert "recordings no test used" in r.stdout and "1 unused" in r.stdout
-    assert "seedtape prune" in r.stdout  # reported with the way to remove it, never deleted
+    assert sorted(p.name for p in (project / "tapes").rglob("*.json")) == tapes_before  # reported, never deleted
+    # The clean-up command it prints, run as printed, removes exactly that recording.
+    [command] = [line.strip() for line in r.stdout.splitlines() if "seedtape prune" in line]
+    bindir = os.path.dirname(sys.executable)
+    done = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=120,
+                          env={**env, "PATH": bindir + os.pathsep + env.get("PATH", "")})
+    assert done.returncode == 0, done.stderr
+    assert len(sorted(p.name for p in (project / "tapes").rglob("*.json"))) < len(tapes_before)
+    r = run("--seedtape-mode=replay", "--seedtape-strict", "-k", "not story")
+    assert r.returncode == 0, r.stdout
+    assert "every recording in the tapes was used" in r.stdout
+
+
+def test_report_unused_counts_what_the_run_recorded_as_used(upstream, store, proxies, tmp_path):
+    old = proxies("--upstream", upstream.url, "--store", store)
+    chat(client(old), "recorded earlier, not used now")
+    old.stop()
+    report = tmp_path / "unused.json"
+    p = proxies("--upstream", upstream.url, "--store", store, "--report-unused", str(report))
+    fresh = chat(client(p), "recorded in this run")
+    assert fresh.headers["seedtape-status"] == "recorded"
+    p.stop()
+    doc = json.loads(report.read_text())
+    [left] = doc["unused"]
+    assert left["key"] != fresh.headers["seedtape-key"]

@@ -159,7 +159,7 @@ class Tapedeck:
         self.settings = settings
         self._salt_cache: bytes | None = None
         self.index = nearest.NearestIndex(store)  # filled lazily, for explaining misses
-        self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed in this run
+        self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
 
     # -- request side -------------------------------------------------------
 
@@ -383,6 +383,7 @@ class Tapedeck:
             )
         )
         ex.status = "recorded"
+        self.served.add((ex.key, ex.fingerprint))  # recorded for a request of this run: used
         return ex
 
 

@@ -1,10 +1,11 @@
 """Strict tapes: which recordings did no request use in a run?
 
-A proxy remembers every (key, fingerprint) it replayed; when it stops it can
-list the rest (`serve --report-unused FILE`). `seedtape prune --unused-in FILE`
+A proxy remembers every (key, fingerprint) it replayed or recorded; when it stops
+it can list the rest (`serve --report-unused FILE`). `seedtape prune --unused-in FILE`
 removes exactly those, and the pytest plugin's --seedtape-strict fails a session
-that leaves any. Only replayed entries count as used: an entry for an older
-fingerprint that replay no longer serves shows up as unused too.
+that leaves any. An entry recorded in the run was needed by a request of the run,
+so it counts as used; an entry for an older fingerprint that replay no longer
+serves shows up as unused.
 """
 
 from __future__ import annotations
