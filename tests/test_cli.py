@@ -259,8 +259,9 @@ def _schema(store: Path, value: bytes) -> None:
         env.close()
 
 
-def serve_briefly(store: Path, cwd: Path) -> subprocess.CompletedProcess:
-    cmd = [sys.executable, "-m", "seedtape", "serve", "--port", "0", "--store", str(store),
+def serve_briefly(store: Path, cwd: Path, port: int = 0) -> subprocess.CompletedProcess:
+    """A `seedtape serve` expected to refuse to start (killed after 60 s if it does start)."""
+    cmd = [sys.executable, "-m", "seedtape", "serve", "--port", str(port), "--store", str(store),
            "--upstream", "http://127.0.0.1:9"]
     p = subprocess.Popen(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, stdin=subprocess.DEVNULL,
                          text=True)
@@ -289,6 +290,28 @@ def test_serve_unknown_schema_is_one_line_without_traceback(store, tmp_path):
     assert "Traceback" not in out
     assert len(out.splitlines()) == 1
     assert "schema version 99" in out
+
+
+def test_serve_store_that_cannot_be_created_is_one_line(tmp_path):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a directory")
+    p = serve_briefly(blocker / "store", tmp_path)
+    out = (p.stdout + p.stderr).strip()
+    assert p.returncode == 2 and "Traceback" not in out
+    assert out.splitlines() == [f"seedtape: cannot create the store directory {blocker / 'store'}: Not a directory"]
+
+
+def test_serve_on_a_port_in_use_names_seedtapes_own_option(store, tmp_path):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        p = serve_briefly(store, tmp_path, port=port)
+    out = p.stdout + p.stderr
+    assert p.returncode == 2 and "Traceback" not in out
+    assert f"cannot listen on 127.0.0.1:{port}" in out and "--port" in out
+    assert "--mode reverse" not in out  # not mitmproxy's advice
+    assert "OPENAI_BASE_URL" not in out
 
 
 # -- the addon in plain mitmdump --------------------------------------------------------------------------

@@ -53,6 +53,24 @@ async def _run(options: dict) -> None:
     )
 
 
+def _cannot_listen(host: str, port: int) -> str:
+    """Why (host, port) cannot be bound, or "": checked first, so the message names seedtape's --port."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except OSError:
+        return ""  # let mitmproxy report an unresolvable host
+    for family, kind, proto, _, addr in infos[:1]:
+        with socket.socket(family, kind, proto) as s:
+            s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as asyncio's server does
+            try:
+                s.bind(addr)
+            except OSError as e:
+                return e.strerror or str(e)
+    return ""
+
+
 def _is_loopback(host: str) -> bool:
     import ipaddress
 
@@ -123,6 +141,8 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
             scrub.parse_field(f)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--redact-field") from None
+    if port and (why := _cannot_listen(host, port)):
+        raise click.UsageError(f"cannot listen on {host}:{port}: {why}. Pick another --port (0 picks a free one).")
     if not _is_loopback(host) and not auth_token:
         raise click.BadParameter(
             f"{host} is reachable from other machines: set --auth-token (clients send it in the seedtape-token "

@@ -45,7 +45,10 @@ class Store:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE):
         self.path = Path(path)
         if not readonly:
-            self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            try:
+                self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
+            except OSError as e:
+                raise StoreError(f"cannot create the store directory {self.path}: {e.strerror or e}") from None
         elif not (self.path / "data.mdb").exists():
             raise StoreError(f"no seedtape store at {self.path}: record into it first (seedtape serve --store {self.path})")
         try:
