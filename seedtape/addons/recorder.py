@@ -288,6 +288,9 @@ class Seedtape:
         self._disarm(flow)
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = flow.error.msg if flow.error else "unknown error"
+        if "body_size_limit" in msg:  # mitmproxy's words for seedtape's --max-body
+            side = "response" if "response" in msg.lower() else "request"
+            msg = f"the {side} body is larger than --max-body ({ctx.options.seedtape_max_body} bytes)"
         if ex is not None and ex.status == "recorded":
             log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, flow.request.path, msg)
             return

@@ -110,13 +110,18 @@ def _json_object(content: bytes) -> dict:
             raise ValueError(f"{literal} is too large for a JSON number")
         return value
 
+    def integer(literal: str) -> int:
+        if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+            raise ValueError(f"a {len(literal.lstrip('-'))}-digit integer is too large for a JSON number here")
+        return int(literal)
+
     try:
-        body = json.loads(text, parse_constant=no_constants, parse_float=finite)
+        body = json.loads(text, parse_constant=no_constants, parse_float=finite, parse_int=integer)
     except RecursionError:
         raise ValueError("the JSON body is nested too deeply") from None
     except json.JSONDecodeError as e:
         raise ValueError(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
-    except ValueError as e:  # NaN/Infinity, a float overflow, a 5000-digit int
+    except ValueError as e:  # NaN/Infinity, a float overflow, a huge int
         raise ValueError(f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ValueError(f"the JSON body must be an object, not {type(body).__name__}")
@@ -126,6 +131,7 @@ def _json_object(content: bytes) -> dict:
 
 
 MAX_DEPTH = 200  # far beyond any real request; deeper bodies could not be stored or diffed
+MAX_INT_DIGITS = 1000  # below Python's int-to-str limit (4300), far above any real parameter
 
 
 def _depth(doc: object) -> int:
