@@ -117,6 +117,13 @@ def test_long_values_are_shortened_around_the_difference():
     assert jsondiff.shorten_pair("gpt-4o", "gpt-4o-mini") == ("gpt-4o", "gpt-4o-mini")
 
 
+def test_an_insertion_keeps_the_same_context_on_both_sides():
+    text = "Please summarize the following long article about AI calls"
+    assert jsondiff.shorten_pair(text, text + "!") == ('"…calls"', '"…calls!"')
+    a, b = jsondiff.shorten_pair("!" + text, text)
+    assert a.startswith('"!Please') and b.startswith('"Please')
+
+
 def test_first_departure_names_choice_field_token_and_character():
     rec = [{"index": 0, "content": "The cat sat on the mat."}]
     live = [{"index": 0, "content": "The cat sat on a mat."}]

@@ -94,6 +94,12 @@ def shorten_pair(a: object, b: object, width: int = 24) -> tuple[str, str]:
     if suf and suf < min(len(a), len(b)) - pre:
         end = a.find(" ", len(a) - suf)
         suf = len(a) - end if end != -1 and end - (len(a) - suf) <= 12 else max(0, suf - 6)
+    if min(len(a), len(b)) - pre - suf <= 0:  # an insertion: keep the same context on both sides
+        if pre:
+            start = a.rfind(" ", 0, pre - 1) + 1
+            pre = start if pre - start <= 12 else pre - 8
+        else:
+            suf = max(0, suf - 8)
 
     def cut(s: str) -> str:
         mid = s[pre : len(s) - suf]
@@ -102,8 +108,6 @@ def shorten_pair(a: object, b: object, width: int = 24) -> tuple[str, str]:
         if len(mid) > width:
             mid = mid[:width] + "…"
             tail = ""
-        if not mid and pre:  # show a little context so an insertion is visible
-            mid = s[max(0, pre - 8) : pre]
         return head + mid + tail
 
     return _show(a, cut(a)), _show(b, cut(b))
