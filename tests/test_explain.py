@@ -183,8 +183,9 @@ def test_explain_command(upstream, store, proxies, tmp_path):
     b.pop("seed")  # as the client sends it: the proxy would inject the seed
     req.write_text(json.dumps(b))
     r = cli("explain", str(req), "--store", store)
-    assert r.returncode == 0 and "would miss" in r.stdout and "temperature: 0.7 != 0.2" in r.stdout
+    assert r.returncode == 1 and "would miss" in r.stdout and "temperature: 0.7 != 0.2" in r.stdout
     r = cli("explain", "-", "--store", store, "--json", input=json.dumps(b))
+    assert r.returncode == 1
     doc = json.loads(r.stdout)
     assert doc["replays"] is False
     assert doc["nearest"][0]["key"] == key

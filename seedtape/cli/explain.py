@@ -51,6 +51,8 @@ def _load(source: str) -> object:
 def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore_field, fingerprint, as_json):
     """Explain whether REQUEST would replay, and if not, which recordings are nearest and what differs.
 
+    Exit status 0 when it would replay, 1 when it would miss.
+
     REQUEST is a JSON file (a request body as a client sends it, or a canonical request as
     `seedtape show --json` prints it), - for stdin, or a recorded request key (prefix).
     """
@@ -90,6 +92,8 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
         click.echo(json.dumps(result, indent=2, ensure_ascii=False))
     else:
         click.echo("\n".join(text))
+    if not result["replays"]:
+        sys.exit(1)  # scripts and CI can check a request before they rely on it
 
 
 @click.command("diff")
