@@ -85,10 +85,11 @@ def test_ls_table(store, recorded):
     r = run("ls", "--store", str(store))
     assert r.exit_code == 0, r.output
     lines = r.stdout.splitlines()
-    assert lines[0].split() == ["KEY", "MODEL", "FINGERPRINTS", "RECORDED", "PROMPT"]
+    assert lines[0].split() == ["KEY", "MODEL", "FMT", "NAMESPACE", "FINGERPRINTS", "RECORDED", "PROMPT"]
     assert len(lines) == 1 + 3
     rows = {k: next(line for line in lines if line.startswith(key[:12])) for k, key in recorded.items()}
     assert "gpt-4o-mini" in rows["paris"] and "fp_a" in rows["paris"]
+    assert rows["paris"].split()[2:4] == ["json", "-"]  # format, no namespace
     assert DATE.search(rows["paris"])
     # the first words (8) of the last user message
     assert rows["paris"].endswith("What is the capital of France? Answer in …")
@@ -217,6 +218,7 @@ def test_stats(store, recorded):
     assert fields["entries"] == "4"
     assert fields["request_keys"] == "3"
     assert fields["fingerprints"] == "2"
+    assert fields["events"] == "0"
     assert int(fields["size_bytes"]) > 0
     assert fields["path"] == str(store)
     s = json.loads(run("stats", "--store", str(store), "--json").stdout)

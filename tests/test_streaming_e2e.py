@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 
@@ -267,3 +268,22 @@ def test_stream_helper_at_a_length_finish_records_the_complete_stream(upstream, 
     [entry] = entries(store)
     assert entry.body.endswith(b"data: [DONE]\n\n")
     assert entry.sse_chunks()[-1]["usage"]["total_tokens"] == 22  # what the upstream completed, usage included
+
+
+def test_show_prints_a_recorded_stream_one_event_per_line(upstream, store, proxies):
+    from click.testing import CliRunner
+
+    from seedtape.cli.main import cli
+
+    p = proxies("--upstream", upstream.url, "--store", store)
+    headers, chunks = stream_chunks(client(p))
+    p.stop()
+    r = CliRunner().invoke(cli, ["show", headers["seedtape-key"][:12], "--store", store])
+    assert r.exit_code == 0, r.output
+    events = r.output.split("response: 200\n", 1)[1].strip().splitlines()
+    assert events[-1] == "data: [DONE]"
+    assert len(events) == len(chunks) + 1
+    shown = [json.loads(line.removeprefix("data: ")) for line in events[:-1]]
+    assert [(c["id"], [ch["delta"].get("content") for ch in c["choices"]]) for c in shown] == \
+        [(c["id"], [ch["delta"].get("content") for ch in c["choices"]]) for c in chunks]
+    assert "\\n" not in r.output  # not one JSON-escaped string

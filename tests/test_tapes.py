@@ -697,7 +697,8 @@ def test_prune_filters(aged, args, goes):
         line = next(x for x in lines if x.startswith(e[g].key[:12]) and x.split()[1] == e[g].fingerprint)
         assert e[g].model in line and time.strftime("%Y-", time.gmtime(e[g].recorded_at)) in line
     if goes:
-        assert f"would prune {len(goes)} entries" in r.stdout and "nothing changed" in r.stdout
+        assert f"would prune {len(goes)} {'entry' if len(goes) == 1 else 'entries'}" in r.stdout
+        assert "nothing changed" in r.stdout
     else:
         assert "nothing to prune" in r.stdout
 
@@ -705,7 +706,7 @@ def test_prune_filters(aged, args, goes):
     assert r.exit_code == 0, r.output
     assert remaining(store) == before - ids(*(e[g] for g in goes))
     if goes:
-        assert f"pruned {len(goes)} entries" in r.stdout
+        assert f"pruned {len(goes)} {'entry' if len(goes) == 1 else 'entries'}" in r.stdout
 
 
 def test_prune_keeps_the_newest_pointer_right(tmp_path):
@@ -715,7 +716,7 @@ def test_prune_keeps_the_newest_pointer_right(tmp_path):
         put(st, "q", fp="fp_new", model="gpt-4o", snapshot="gpt-4o-2024-08-06", reply="new", at=T0 + 10)
         assert st.get(old.key).fingerprint == "fp_new"
     r = run("prune", "--store", str(store), "--model", "gpt-4o-2024-08-06")
-    assert r.exit_code == 0 and "pruned 1 entries of 1 request keys; 1 entries left" in r.stdout
+    assert r.exit_code == 0 and "pruned 1 entry of 1 request key; 1 entry left" in r.stdout
     with Store(store, readonly=True) as st:  # replay falls back to the next newest
         assert st.latest_fingerprint(old.key) == "fp_old"
         assert b"old" in st.get(old.key).body

@@ -8,6 +8,7 @@ from datetime import datetime, timezone
 
 import click
 
+from seedtape.proxy import sse
 from seedtape.proxy.store import Store, StoreError
 from seedtape.proxy.tape import TapeEntry
 
@@ -88,10 +89,12 @@ def ls(store: str, as_json: bool) -> None:
     if not rows:
         click.echo(f"no recordings in {store}")
         return
-    click.echo(f"{'KEY':<14} {'MODEL':<22} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
+    click.echo(f"{'KEY':<14} {'MODEL':<22} {'FMT':<4} {'NAMESPACE':<12} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
     for r in rows:
         fps = ",".join(r["fingerprints"])
-        click.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {fps[:24]:<24} {when(r['recorded_at']):<21} {r['prompt']}"))
+        ns = r["namespace"] or "-"
+        click.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {r['format']:<4} {ns[:12]:<12} {fps[:24]:<24} "
+                             f"{when(r['recorded_at']):<21} {r['prompt']}"))
 
 
 def resolve(st: Store, prefix: str) -> str:
@@ -108,6 +111,18 @@ def _body_for_display(e: TapeEntry) -> object:
     if parsed is not None:
         return parsed
     return e.body.decode("utf-8", errors="replace")
+
+
+def _events_for_display(body: str) -> str:
+    """A recorded stream, one event per line, each JSON chunk compact and readable."""
+    lines = []
+    for ev in sse.parse(body.encode("utf-8", errors="replace")):
+        try:
+            data = json.dumps(json.loads(ev.data), ensure_ascii=False, separators=(", ", ": "))
+        except ValueError:
+            data = ev.data
+        lines.append(f"{'event: ' + ev.event + '  ' if ev.event else ''}data: {data}")
+    return "\n".join(lines)
 
 
 @click.command()
@@ -142,7 +157,10 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
         click.secho("request:", bold=True)
         click.echo(dumps(o["request"]))
         click.secho(f"response: {o['response']['status']}", bold=True)
-        click.echo(dumps(o["response"]["body"]))
+        if o["format"] == "sse" and isinstance(o["response"]["body"], str):
+            click.echo(printable(_events_for_display(o["response"]["body"])))
+        else:
+            click.echo(dumps(o["response"]["body"]))
         click.echo()
 
 
@@ -156,6 +174,6 @@ def stats(store: str, as_json: bool) -> None:
     if as_json:
         click.echo(json.dumps(s, indent=2))
         return
-    for k in ("path", "entries", "request_keys", "fingerprints", "size_bytes", "map_size", "schema_version"):
+    for k in ("path", "entries", "request_keys", "fingerprints", "events", "size_bytes", "map_size", "schema_version"):
         click.echo(f"{k:<15} {s[k]}")
     sys.stdout.flush()

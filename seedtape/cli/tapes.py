@@ -20,6 +20,10 @@ def _field_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, 
         raise click.BadParameter(str(e)) from None
 
 
+def _count(n: int, one: str, many: str = "") -> str:
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 @click.command("export")
 @store_option
 @click.argument("path", type=click.Path(file_okay=False))
@@ -87,9 +91,11 @@ def prune(store: str, older_than: float | None, not_newest: bool, model: str | N
             if not chosen:
                 click.echo("nothing to prune: no entry matches every filter")
             elif dry_run:
-                click.echo(f"would prune {len(chosen)} entries of {keys} request keys (dry run: nothing changed)")
+                click.echo(f"would prune {_count(len(chosen), 'entry', 'entries')} of {_count(keys, 'request key')} "
+                           "(dry run: nothing changed)")
             else:
                 n = pruning.prune(st, chosen)
-                click.echo(f"pruned {n} entries of {keys} request keys; {st.stats()['entries']} entries left")
+                click.echo(f"pruned {_count(n, 'entry', 'entries')} of {_count(keys, 'request key')}; "
+                           f"{_count(st.stats()['entries'], 'entry', 'entries')} left")
     except StoreError as e:
         raise click.ClickException(str(e)) from None
