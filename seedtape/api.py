@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tempfile
 import threading
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -117,6 +118,9 @@ def serve(
         if tapes is not None and Path(tapes).exists():
             with Store(store_path) as st:
                 tapefile.import_(st, tapes)
+        elif tapes is not None and mode == "replay":
+            warnings.warn(f"seedtape: no tapes directory at {Path(tapes).resolve()}: in {mode} mode every request "
+                          "will miss (record first in mode auto, or check the path)", stacklevel=3)
         cmd = ["--mode", mode, "--store", store_path, *(["--upstream", upstream] if upstream else []), *args]
         proxy = Proxy(cmd, env=env)
         proxy.store = store_path

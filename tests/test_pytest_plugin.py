@@ -110,3 +110,10 @@ def test_python_api_serves_tapes(upstream, tmp_path):
         ns = openai.OpenAI(base_url=proxy.url(namespace="other"), api_key="sk-x", max_retries=0)
         with pytest.raises(openai.NotFoundError):  # another namespace has no recording of it
             ns.chat.completions.create(model="gpt-4o", messages=[{"role": "user", "content": "api"}])
+
+
+def test_python_api_warns_when_replay_has_no_tapes_directory(tmp_path):
+    missing = tmp_path / "no-such-tapes"
+    with pytest.warns(UserWarning, match="no tapes directory at .*no-such-tapes.*every request will miss"):
+        with seedtape.serve("replay", tapes=missing) as proxy:
+            assert proxy.base_url
