@@ -167,8 +167,11 @@ def test_audit_command_filters_and_errors(upstream, store, recorded, tmp_path):
     assert r.returncode == 2 and "nothing to audit" in r.stderr
     r = cli("audit", "--store", store, "--upstream", upstream.url, "--older-than", "1d")
     assert r.returncode == 2
-    r = cli("audit", "--store", store, "--upstream", "http://127.0.0.1:9", "--max-retries", "0", "--repeats", "1")
+    r = cli("audit", "--store", store, "--upstream", "http://127.0.0.1:9", "--max-retries", "0", "--repeats", "1",
+            env={"OPENAI_API_KEY": ""})
     assert r.returncode == 2 and "every sample failed" in r.stderr
+    assert "http://127.0.0.1:9/v1/" in r.stderr  # the error names the upstream it could not reach
+    assert "$OPENAI_API_KEY is not set" in r.stderr
     r = cli("audit", "--store", store, "--fail-on", "bogus=1")
     assert r.returncode == 2 and "nondeterminism, drift, fingerprint-only" in r.stderr
 

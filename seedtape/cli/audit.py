@@ -126,6 +126,9 @@ def audit_cmd(store, upstream, model, key_prefix, older_than, newer_than, repeat
             sys.exit(2)
         key = os.environ.get(api_key_env, "")
         auth = {"authorization": f"Bearer {key}"} if key else {}
+        if not key:
+            click.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key",
+                       err=True)
         with click.progressbar(length=len(entries) * repeats, label="auditing", file=sys.stderr) as bar:
             report = asyncio.run(core.run(
                 st, entries, upstream.rstrip("/"), repeats=repeats, concurrency=concurrency, auth=auth,

@@ -102,7 +102,7 @@ async def _sample(client: httpx.AsyncClient, url: str, body: dict, auth: dict, m
         try:
             r = await client.post(url, json=body, headers={"content-type": "application/json", **auth})
         except httpx.HTTPError as e:
-            r, last = None, f"{type(e).__name__}: {e}"
+            r, last = None, f"{url}: {type(e).__name__}: {e}"  # name the upstream: the likeliest mistake
         else:
             if r.status_code not in RETRY_STATUSES:
                 return r, "", attempt
