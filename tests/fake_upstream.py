@@ -291,9 +291,10 @@ def main() -> None:
     p.add_argument("--noise", choices=["off", "on", "unseeded"], default="off",
                    help="add random words to answers: never, always, or only to requests without a seed")
     p.add_argument("--chunk-delay", type=float, default=0.0, help="seconds between streamed events (default 0)")
+    p.add_argument("--latency", type=float, default=0.0, help="seconds before each answer (default 0)")
     a = p.parse_args()
     up = FakeUpstream(a.host, a.port, a.fingerprint)
-    up.chunk_delay = a.chunk_delay
+    up.chunk_delay, up.latency = a.chunk_delay, a.latency
     up.noise = {"off": False, "on": True, "unseeded": "unseeded"}[a.noise]
     print(f"FAKE_UPSTREAM={up.url}", flush=True)
     try:
