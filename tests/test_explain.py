@@ -206,10 +206,19 @@ def test_diff_command(upstream, store, proxies):
     r = cli("diff", ka[:8], kb[:8], "--store", store)
     assert r.returncode == 0, r.stderr
     assert "temperature: 0.7 != 0.2" in r.stdout
-    assert "content" in r.stdout.split("response:")[1]  # the fake answers differ with temperature
+    assert "  choices[0].content: " in r.stdout.split("response:")[1]  # the fake answers differ with temperature
     doc = json.loads(cli("diff", ka, kb, "--store", store, "--json").stdout)
     assert doc["request"] == [{"path": "temperature", "a": 0.7, "b": 0.2}]
-    assert doc["response_departure"]["path"] == "[0].content"
+    assert doc["response"][0]["path"] == "choices[0].content"  # the same paths as the text
+    dep = doc["response_departure"]
+    assert (dep["path"], dep["choice"], dep["field"]) == ("[0].content", 0, "content")
+    assert isinstance(dep["token"], int) and isinstance(dep["char"], int)
+
+    ke = client(p).embeddings.with_raw_response.create(model="text-embedding-3-small", input="hi").headers["seedtape-key"]
+    r = cli("diff", ka, ke, "--store", store)
+    assert r.returncode == 0, r.stderr
+    assert "path: /v1/chat/completions != /v1/embeddings" in r.stdout
+    assert r.stdout.split("response:")[1].strip() == "endpoint: chat.completions != embeddings"  # no invented fields
 
 
 def test_report_unused_lists_exactly_the_unused_and_prune_removes_them(upstream, store, proxies, tmp_path):

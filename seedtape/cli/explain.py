@@ -106,14 +106,21 @@ def diff_cmd(store, key_a, key_b, as_json):
     with open_store(store) as st:
         a, b = st.get(resolve(st, key_a)), st.get(resolve(st, key_b))
     req = jsondiff.diff(nearest.comparable(a.request), nearest.comparable(b.request))
+    if a.request.get("path") != b.request.get("path"):
+        req.insert(0, jsondiff.Change("path", a.request.get("path"), b.request.get("path")))
     out_a = divergence.outputs(a.endpoint, a.format, a.body)
     out_b = divergence.outputs(b.endpoint, b.format, b.body)
-    resp = jsondiff.diff(out_a, out_b)
+    if a.endpoint != b.endpoint:  # different kinds of answer: no field-level comparison
+        resp = [jsondiff.Change("endpoint", a.endpoint, b.endpoint)]
+    else:
+        group = "data" if a.endpoint == "embeddings" else "choices"  # outputs are lists of these
+        resp = [jsondiff.Change(group + c.path if c.path.startswith("[") else c.path, c.a, c.b)
+                for c in jsondiff.diff(out_a, out_b)]
     if as_json:
         click.echo(json.dumps({
             "a": {"key": a.key, "fingerprint": a.fingerprint}, "b": {"key": b.key, "fingerprint": b.fingerprint},
             "request": [c.to_json() for c in req], "response": [c.to_json() for c in resp],
-            "response_departure": jsondiff.first_departure(out_a, out_b),
+            "response_departure": jsondiff.first_departure(out_a, out_b) if a.endpoint == b.endpoint else None,
         }, indent=2, ensure_ascii=False))
         return
     click.echo(f"a {a.key[:12]} ({a.fingerprint})  b {b.key[:12]} ({b.fingerprint})")
@@ -124,4 +131,4 @@ def diff_cmd(store, key_a, key_b, as_json):
         click.echo(f"fingerprint: {a.fingerprint} != {b.fingerprint}")
     click.echo("response:" + ("" if resp else " identical output"))
     for c in resp:
-        click.echo(f"  choices{c}" if c.path.startswith("[") else f"  {c}")
+        click.echo(f"  {c}")

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 
 ABSENT = object()  # a field one side does not have
+_CHOICE = re.compile(r"^\[(\d+)\]\.?(.*)$")
 _PLAIN = re.compile(r"^[\w.:/@+-]{1,40}$")
 _TOKEN = re.compile(r"\w+|[^\w\s]|\s+", re.UNICODE)
 
@@ -120,6 +121,8 @@ def first_departure(a: object, b: object) -> dict | None:
         return None
     c = changes[0]
     out: dict = {"path": c.path, "summary": str(c)}
+    if m := _CHOICE.match(c.path):  # outputs are lists of choices: name which one, and its field
+        out["choice"], out["field"] = int(m.group(1)), m.group(2)
     if isinstance(c.a, str) and isinstance(c.b, str):
         ta, tb = _TOKEN.findall(c.a), _TOKEN.findall(c.b)
         i = next((n for n, (x, y) in enumerate(zip(ta, tb)) if x != y), min(len(ta), len(tb)))
