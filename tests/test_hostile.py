@@ -756,6 +756,21 @@ def test_other_methods_are_passed_through_in_auto_and_refused_in_replay(served, 
             assert_openai_error(replay.status, replay.headers, replay.body)
 
 
+def test_cleartext_http2_preface_is_refused_not_forwarded(served, up):
+    """curl --http2-prior-knowledge: mitmproxy reads the preface as an HTTP/1 "PRI *" request."""
+    with served.case():
+        n = len(up.log)
+        with socket.create_connection(("127.0.0.1", served.proxy.port), timeout=10) as s:
+            s.sendall(b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
+            got = b""
+            while b"\r\n\r\n" not in got and (chunk := s.recv(65536)):
+                got += chunk
+        head = got.split(b"\r\n\r\n")[0].decode()
+        assert head.startswith("HTTP/1.1 505"), head
+        assert "seedtape-error: http_version_not_supported" in head
+        assert len(up.log) == n  # never forwarded
+
+
 LONG = "/v1/" + "a" * 8000
 PATHS = {
     "unknown": ("/v1/nope", "passthrough"),

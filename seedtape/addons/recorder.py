@@ -144,6 +144,9 @@ class Seedtape:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse early what must not be read: a missing auth token, a body over --max-body."""
+        if flow.request.method == "PRI" and flow.request.path == "*":  # an HTTP/2 preface read as HTTP/1
+            self._reply(flow, errors.http2_cleartext())
+            return
         token = ctx.options.seedtape_auth_token
         if token and not hmac.compare_digest(flow.request.headers.get(wire.AUTH_TOKEN, ""), token):
             self._reply(flow, errors.unauthorized())

@@ -45,6 +45,12 @@ def bad_request(reason: str) -> SeedtapeError:
     return SeedtapeError(400, "invalid_request", f"seedtape could not read the request: {reason}.")
 
 
+def http2_cleartext() -> SeedtapeError:
+    return SeedtapeError(505, "http_version_not_supported",
+                         "seedtape speaks HTTP/1.1 on its plain-HTTP port; HTTP/2 with prior knowledge is not "
+                         "supported: use HTTP/1.1 (every OpenAI SDK does).")
+
+
 def not_replayable(path: str, reason: str) -> SeedtapeError:
     return SeedtapeError(
         400,
