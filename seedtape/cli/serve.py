@@ -141,12 +141,12 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
             scrub.parse_field(f)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--redact-field") from None
-    if port and (why := _cannot_listen(host, port)):
-        raise click.UsageError(f"cannot listen on {host}:{port}: {why}. Pick another --port (0 picks a free one).")
     if not _is_loopback(host) and not auth_token:
         raise click.BadParameter(
             f"{host} is reachable from other machines: set --auth-token (clients send it in the seedtape-token "
             "header) to serve there, or keep the default 127.0.0.1", param_hint="--host")
+    if port and (why := _cannot_listen(host, port)):
+        raise click.UsageError(f"cannot listen on {host}:{port}: {why}. Pick another --port (0 picks a free one).")
     options = dict(
         mode=[f"reverse:{upstream}"],
         listen_host=host,
