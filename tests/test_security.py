@@ -348,6 +348,22 @@ def test_redact_header_and_fields(upstream, store, proxies, tmp_path):
         assert b"[scrubbed]" in blob
 
 
+def test_redacted_fields_never_reach_a_miss_explanation(upstream, store, proxies):
+    redact = ("--redact-field", "request.body.messages.*.content")
+    rec = proxies("--upstream", upstream.url, "--store", store, *redact)
+    chat(client(rec), "TOPSECRET-recorded prompt", temperature=0.7)
+    rec.stop()
+    rep = proxies("--mode", "replay", "--store", store, *redact)
+    with pytest.raises(openai.NotFoundError) as info:  # same redacted field, another temperature: a miss
+        chat(client(rep), "TOPSECRET-live prompt", temperature=0.2)
+    message, header = str(info.value), info.value.response.headers["seedtape-miss"]
+    assert "temperature: 0.7 != 0.2" in message and "temperature: 0.7 != 0.2" in header  # still explained
+    assert "messages" not in message  # a redacted field is not a difference: both sides are [scrubbed]
+    rep.stop()
+    for where, text in (("error", message), ("header", header), ("log", rep.output)):
+        assert "TOPSECRET" not in text, where
+
+
 def test_a_bad_redact_field_is_a_usage_error(tmp_path):
     out = seedtape("serve", "--store", str(tmp_path / "store"), "--redact-field", "body.x", check=False, text=True)
     assert out.returncode == 2 and "request." in out.stderr and "Traceback" not in out.stderr

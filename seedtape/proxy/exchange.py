@@ -249,7 +249,9 @@ class Tapedeck:
     def _explain(self, ex: Exchange) -> nearest.Explanation | None:
         """The nearest recordings and how this request differs; never lets a miss fail for it."""
         try:
-            return nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint)
+            fields = self.settings.redact_fields
+            redact = (lambda r: scrub.request(r, fields)[0]) if fields else None
+            return nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint, redact)
         except Exception:  # noqa: BLE001 - the miss answer matters more than its explanation
             return None
 

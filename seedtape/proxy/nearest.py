@@ -13,7 +13,7 @@ from __future__ import annotations
 import gc
 import re
 import threading
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -200,8 +200,13 @@ class NearestIndex:
             return [(self._keys[i], float(score[i]), self._requests[i]) for i in top if score[i] > 0]
 
 
-def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinned: str | None = None) -> Explanation:
-    """Why ``canonical`` has no recording to replay, and the nearest ones that exist."""
+def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinned: str | None = None,
+            redact: Callable[[dict], dict] | None = None) -> Explanation:
+    """Why ``canonical`` has no recording to replay, and the nearest ones that exist.
+
+    ``redact`` scrubs the request as recordings were scrubbed (--redact-field): a redacted
+    value must not reach a miss message, and must not count as a difference.
+    """
     key = canonical.key
     ex = Explanation(key=key, path=canonical.path)
     fps = store.fingerprints(key)
@@ -209,7 +214,8 @@ def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinn
         ex.note = (f"Same request, recorded only under fingerprint {', '.join(fps)} "
                    f"(pinned {pinned})." if pinned else f"Same request, recorded under {', '.join(fps)}.")
         return ex
-    mine = comparable(canonical.to_json())
-    for other_key, score, other in index.nearest(canonical.to_json(), exclude=[key]):
+    request = redact(canonical.to_json()) if redact else canonical.to_json()
+    mine = comparable(request)
+    for other_key, score, other in index.nearest(request, exclude=[key]):
         ex.nearest.append(Near(other_key, score, store.fingerprints(other_key), jsondiff.diff(comparable(other), mine)))
     return ex
