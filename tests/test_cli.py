@@ -377,3 +377,26 @@ def test_addon_loads_into_plain_mitmdump(upstream, store, tmp_path):
     assert not (tmp_path / ".seedtape").exists()  # the store option was honoured from the start
     with Store(store, readonly=True) as st:
         assert st.stats()["entries"] == 1
+
+
+def test_mitmdump_on_every_interface_needs_a_token(store, tmp_path):
+    """mitmdump listens on all interfaces unless told otherwise: the addon refuses that without a token."""
+    mitmdump = Path(sys.executable).parent / "mitmdump"
+    base = [str(mitmdump), "--mode", "reverse:http://127.0.0.1:9", "--listen-port", "0",
+            "-s", str(REPO / "seedtape" / "addons" / "recorder.py"),
+            "--set", f"seedtape_store={store}", "--set", f"confdir={tmp_path / 'mitmproxy-conf'}"]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "PYTHONUNBUFFERED": "1"}
+    refused = subprocess.run(base, cwd=tmp_path, capture_output=True, text=True, timeout=60, env=env,
+                             stdin=subprocess.DEVNULL)
+    assert refused.returncode != 0
+    assert "add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN" in refused.stdout + refused.stderr
+    assert "OPENAI_BASE_URL" not in refused.stdout
+    # With a token it serves, and prints a URL this machine can use.
+    proc = subprocess.Popen([*base, "--set", "seedtape_auth_token=tok"], cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, stdin=subprocess.DEVNULL)
+    try:
+        line = next(x for x in proc.stdout if "OPENAI_BASE_URL=" in x)
+        assert re.fullmatch(r"OPENAI_BASE_URL=http://127\.0\.0\.1:\d+/v1", line.strip()), line
+    finally:
+        proc.terminate()
+        proc.wait(15)

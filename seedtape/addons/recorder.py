@@ -110,6 +110,11 @@ class Seedtape:
                 credential_salt=ctx.options.seedtape_credential_salt,
             ),
         )
+        if "listen_host" in ctx.options and not wire.is_loopback(ctx.options.listen_host) \
+                and not ctx.options.seedtape_auth_token:  # mitmdump listens on every interface by default
+            raise exceptions.OptionsError(
+                f"seedtape: listening on {ctx.options.listen_host or 'every interface'} would let other machines use "
+                "this proxy and its store: add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN")
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
             # Eager connects break offline replay and drop clients when the upstream is down.
             ctx.options.connection_strategy = "lazy"
@@ -119,6 +124,9 @@ class Seedtape:
         ps = ctx.master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps else []
         for host, port, *_ in addrs[:1]:
+            if host in ("", "0.0.0.0", "::"):  # every interface: this machine reaches it on loopback
+                log.info("seedtape: listening on every interface, port %s; other machines use this machine's address", port)
+                host = "127.0.0.1"
             host = f"[{host}]" if ":" in host else host
             print(f"OPENAI_BASE_URL=http://{host}:{port}/v1", flush=True)
         s = self.deck.settings

@@ -13,6 +13,7 @@ import sys
 
 import click
 
+from seedtape.proxy import wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.modes import MODE_NAMES
 from seedtape.proxy.seed import DEFAULT_SEED
@@ -69,17 +70,6 @@ def _cannot_listen(host: str, port: int) -> str:
             except OSError as e:
                 return e.strerror or str(e)
     return ""
-
-
-def _is_loopback(host: str) -> bool:
-    import ipaddress
-
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        return False
 
 
 @click.command()
@@ -141,7 +131,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
             scrub.parse_field(f)
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint="--redact-field") from None
-    if not _is_loopback(host) and not auth_token:
+    if not wire.is_loopback(host) and not auth_token:
         raise click.BadParameter(
             f"{host} is reachable from other machines: set --auth-token (clients send it in the seedtape-token "
             "header) to serve there, or keep the default 127.0.0.1", param_hint="--host")
