@@ -75,7 +75,7 @@ def _cannot_listen(host: str, port: int) -> str:
 @click.command()
 @click.option("--upstream", default="https://api.openai.com", show_default=True, envvar="SEEDTAPE_UPSTREAM",
               help="The OpenAI-compatible API to forward to (env SEEDTAPE_UPSTREAM).")
-@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on.")
+@click.option("--host", default="127.0.0.1", show_default=True, help="Address to listen on; one other machines can reach needs --auth-token.")
 @click.option("--port", default=8787, show_default=True, type=click.IntRange(0, 65535),
               help="Port to listen on (0 picks a free one; the printed line names it).")
 @click.option("--store", default=".seedtape", show_default=True, envvar="SEEDTAPE_STORE",
@@ -93,7 +93,7 @@ def _cannot_listen(host: str, port: int) -> str:
               help=f"Top-level body field kept out of the request key; repeatable. "
                    f"Replaces the default list ({', '.join(DEFAULT_IGNORED_FIELDS)}).")
 @click.option("--embedding-model", default=None, metavar="NAME",
-              help="In audit/record mode, also measure the cosine distance of live and recorded outputs "
+              help="In audit, record and auto mode, also measure the cosine distance of live and recorded outputs "
                    "with this embedding model, fetched through the upstream's /v1/embeddings.")
 @click.option("--replay-pace", type=click.FloatRange(min=0), default=0.0, show_default=True, metavar="FACTOR",
               help="Replay recorded streams with their recorded gaps between events times FACTOR (0: at once).")
@@ -102,7 +102,7 @@ def _cannot_listen(host: str, port: int) -> str:
 @click.option("--upstream-timeout", type=click.FloatRange(min=0), default=600.0, show_default=True, metavar="SECONDS",
               help="Give up on an upstream that sends no headers, or no next streamed event, for this long (0: never).")
 @click.option("--max-body", type=click.IntRange(min=1), default=64 * 1024 * 1024, show_default=True, metavar="BYTES",
-              help="Refuse request bodies larger than this with a 413.")
+              help="Refuse request bodies larger than this with a 413; a larger non-streamed answer gets a 502.")
 @click.option("--auth-token", default=None, envvar="SEEDTAPE_AUTH_TOKEN", metavar="TOKEN",
               help="Clients must send this in the seedtape-token header (required with a non-loopback --host; "
                    "env SEEDTAPE_AUTH_TOKEN).")
@@ -120,7 +120,7 @@ def _cannot_listen(host: str, port: int) -> str:
 @click.option("--quiet", "-q", is_flag=True, help="Log warnings only, not one line per request.")
 def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprint, ignore_field, embedding_model, replay_pace, miss_hint, upstream_timeout, max_body,
           auth_token, redact_header, redact_field, key_by_credential, credential_salt, report_unused, quiet):
-    """Run the recording/replay proxy in front of UPSTREAM."""
+    """Run the recording/replay proxy in front of the --upstream API."""
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise click.BadParameter(f"{upstream!r} must start with http:// or https://", param_hint="--upstream")
