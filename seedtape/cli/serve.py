@@ -35,10 +35,13 @@ def build_master(options: dict):
         next_layer.NextLayer(),
         tlsconfig.TlsConfig(),
         errorcheck.ErrorCheck(repeat_errors_on_stderr=True),
-        Seedtape(),
     )
-    # connection_strategy is registered by the proxyserver addon: set it after adding it.
-    opts.update(connection_strategy="lazy", **options)
+    # Options registered by the proxyserver addon are set after adding it, and the listener's
+    # address before seedtape's addon sees any option: a failed update rolls back to these values.
+    options = dict(options)
+    opts.update(connection_strategy="lazy", listen_host=options.pop("listen_host", "127.0.0.1"))
+    m.addons.add(Seedtape())
+    opts.update(**options)
     return m
 
 
