@@ -31,7 +31,11 @@ def parse_age(value: str | None) -> float | None:
     return float(m.group(1)) * _UNITS[m.group(2)]
 
 
-def parse_since(value: str | None) -> float | None:
+def _count(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
+
+
+def parse_since(value: str | None, hint: str | None = None) -> float | None:
     """An age ('2h') or an ISO date/time -> epoch seconds."""
     if value is None:
         return None
@@ -42,7 +46,8 @@ def parse_since(value: str | None) -> float | None:
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an age (2h, 7d) nor an ISO date (2026-11-01T12:00)") from None
+        raise click.BadParameter(f"{value!r} is neither an age (2h, 7d) nor an ISO date (2026-11-01T12:00)",
+                                 param_hint=hint) from None
 
 
 def parse_thresholds(values: tuple[str, ...]) -> dict[str, float]:
@@ -78,7 +83,8 @@ def print_table(report: core.AuditReport) -> None:
                    f"{_fmt(rr.mean_pairwise_similarity):>6} {_fmt(rr.mean_embedding_distance_to_recording):>7}  "
                    f"{verdicts}  {rr.prompt[:40]}")
     shares = "  ".join(f"{k} {v:.0%}" for k, v in report.verdict_shares.items())
-    click.echo(f"\n{len(report.requests)} requests, {report.samples} samples, {report.errors} errors; "
+    click.echo(f"\n{_count(len(report.requests), 'request')}, {_count(report.samples, 'sample')}, "
+               f"{_count(report.errors, 'error')}; "
                f"identical to recording {_fmt(report.identical_share, True)}, "
                f"mean similarity {_fmt(report.mean_similarity_to_recording)}")
     click.echo(f"verdicts: {shares}")
@@ -168,7 +174,7 @@ def _first_error(report: core.AuditReport) -> str:
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with both outputs) instead of a table.")
 def events(store, verdict, model, key_prefix, since, until, source, limit, as_json):
     """List stored audit events, oldest first."""
-    lo, hi = parse_since(since), parse_since(until)
+    lo, hi = parse_since(since, "--since"), parse_since(until, "--until")
     with open_store(store) as st:
         rows = [e for e in st.events()
                 if (not verdict or e.get("verdict") in verdict)
