@@ -37,10 +37,10 @@ from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_replay  # noqa: E402
-from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, proc_cpu_seconds, run_bench  # noqa: E402
+from bench_replay import (  # noqa: E402
+    API_KEY, EXCHANGE_ERRORS, MODEL, ROOT, KeepAlive, Server, percentiles, proc_cpu_seconds, run_bench,
+)
 
-CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
-CONNECTION_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.I)
 STATUS = re.compile(rb"\r\nseedtape-status:[ \t]*([^\r;]*)", re.I)
 
 
@@ -89,32 +89,20 @@ async def load_worker(a: argparse.Namespace) -> dict:
         return pool[n % len(pool)]
 
     async def worker() -> None:
-        writer = None
+        conn = KeepAlive(url.hostname, url.port)
         while not state["stop"]:
             body = next_body()
             request = head + b"content-length: %d\r\n\r\n%s" % (len(body), body)
             t0 = time.perf_counter()
             status = b""
             try:
-                async with asyncio.timeout(30):
-                    if writer is None:
-                        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-                    writer.write(request)
-                    resp = await reader.readuntil(b"\r\n\r\n")
-                    length = CONTENT_LENGTH.search(resp)
-                    data = await reader.readexactly(int(length.group(1))) if length else b""
+                resp, data = await conn.exchange(request, 30)
                 m = STATUS.search(resp)
                 status = m.group(1).strip() if m else b"-"
                 ok = resp.startswith(b"HTTP/1.1 200 ") and status in a.expect
                 why = (resp.split(b"\r\n", 1)[0] + b" " + status + b" " + data[:200]).decode(errors="replace")
-                if not length or CONNECTION_CLOSE.search(resp):
-                    writer.close()
-                    writer = None
-            except (OSError, EOFError, TimeoutError, asyncio.LimitOverrunError, asyncio.IncompleteReadError) as e:
+            except EXCHANGE_ERRORS as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
-                if writer is not None:
-                    writer.close()
-                    writer = None
             if state["measuring"]:
                 statuses[status.decode() or "-"] += 1
                 if ok:
@@ -122,8 +110,7 @@ async def load_worker(a: argparse.Namespace) -> dict:
                 else:
                     state["errors"] += 1
                     state["error"] = state["error"] or why
-        if writer is not None:
-            writer.close()
+        conn.close()
 
     samples: list[dict] = []
 

@@ -85,6 +85,36 @@ def proc_cpu_seconds(pid: int) -> float | None:
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 CONNECTION_CLOSE = re.compile(rb"\r\nconnection:[ \t]*close", re.I)
+EXCHANGE_ERRORS = (OSError, EOFError, TimeoutError, asyncio.LimitOverrunError)
+
+
+class KeepAlive:
+    """One keep-alive client connection, reopened after the server closes it or an exchange fails."""
+
+    def __init__(self, host: str, port: int):
+        self.host, self.port, self.reader, self.writer = host, port, None, None
+
+    async def exchange(self, request: bytes, timeout: float) -> tuple[bytes, bytes]:
+        """Send one request; the response head and its content-length body."""
+        try:
+            async with asyncio.timeout(timeout):
+                if self.writer is None:
+                    self.reader, self.writer = await asyncio.open_connection(self.host, self.port)
+                self.writer.write(request)
+                head = await self.reader.readuntil(b"\r\n\r\n")
+                length = CONTENT_LENGTH.search(head)
+                body = await self.reader.readexactly(int(length.group(1))) if length else b""
+        except EXCHANGE_ERRORS:
+            self.close()
+            raise
+        if not length or CONNECTION_CLOSE.search(head):
+            self.close()
+        return head, body
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+            self.writer = None
 
 
 async def load_worker(a: argparse.Namespace) -> dict:
@@ -104,37 +134,24 @@ async def load_worker(a: argparse.Namespace) -> dict:
     state = {"measuring": False, "stop": False, "errors": 0, "error": ""}
 
     async def worker(i: int) -> None:
-        writer = None
+        conn = KeepAlive(url.hostname, url.port)
         while not state["stop"]:
             request = requests[i % len(requests)]
             i += a.concurrency
             t0 = time.perf_counter()
             try:
-                async with asyncio.timeout(10):
-                    if writer is None:
-                        reader, writer = await asyncio.open_connection(url.hostname, url.port)
-                    writer.write(request)
-                    head = await reader.readuntil(b"\r\n\r\n")
-                    length = CONTENT_LENGTH.search(head)
-                    body = await reader.readexactly(int(length.group(1))) if length else b""
+                head, body = await conn.exchange(request, 10)
                 ok = head.startswith(b"HTTP/1.1 200 ") and (not a.expect or bool(expect.search(head)))
                 why = (head.split(b"\r\n", 1)[0] + b" " + body[:200]).decode(errors="replace")
-                if not length or CONNECTION_CLOSE.search(head):
-                    writer.close()
-                    writer = None
-            except (OSError, EOFError, TimeoutError, asyncio.LimitOverrunError) as e:
+            except EXCHANGE_ERRORS as e:
                 ok, why = False, f"{type(e).__name__}: {e}"
-                if writer is not None:
-                    writer.close()
-                    writer = None
             if state["measuring"]:
                 if ok:
                     latencies.append(time.perf_counter() - t0)
                 else:
                     state["errors"] += 1
                     state["error"] = state["error"] or why
-        if writer is not None:
-            writer.close()
+        conn.close()
 
     tasks = [asyncio.create_task(worker(i)) for i in range(a.concurrency)]
     await asyncio.sleep(a.warmup)

@@ -13,7 +13,7 @@ from datetime import datetime
 import click
 
 from seedtape.cli import htmlreport
-from seedtape.cli.inspection import last_user_words, open_store, store_option, when
+from seedtape.cli.inspection import count, last_user_words, open_store, store_option, when
 from seedtape.proxy import audit as core
 from seedtape.proxy.divergence import VERDICTS
 from seedtape.proxy.store import Store, StoreError
@@ -29,10 +29,6 @@ def parse_age(value: str | None) -> float | None:
     if not m:
         raise click.BadParameter(f"{value!r} is not an age: use a number and one of s, m, h, d, w (e.g. 7d)")
     return float(m.group(1)) * _UNITS[m.group(2)]
-
-
-def _count(n: int, word: str) -> str:
-    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 def parse_since(value: str | None, hint: str | None = None) -> float | None:
@@ -83,8 +79,8 @@ def print_table(report: core.AuditReport) -> None:
                    f"{_fmt(rr.mean_pairwise_similarity):>6} {_fmt(rr.mean_embedding_distance_to_recording):>7}  "
                    f"{verdicts}  {rr.prompt[:40]}")
     shares = "  ".join(f"{k} {v:.0%}" for k, v in report.verdict_shares.items())
-    click.echo(f"\n{_count(len(report.requests), 'request')}, {_count(report.samples, 'sample')}, "
-               f"{_count(report.errors, 'error')}; "
+    click.echo(f"\n{count(len(report.requests), 'request')}, {count(report.samples, 'sample')}, "
+               f"{count(report.errors, 'error')}; "
                f"identical to recording {_fmt(report.identical_share, True)}, "
                f"mean similarity {_fmt(report.mean_similarity_to_recording)}")
     click.echo(f"verdicts: {shares}")

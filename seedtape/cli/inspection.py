@@ -43,6 +43,11 @@ def when(ts: float) -> str:
     return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
 
+def count(n: int, one: str, many: str = "") -> str:
+    """``1 entry``, ``2 entries``: messages that read as English."""
+    return f"{n} {one if n == 1 else (many or one + 's')}"
+
+
 def last_user_words(request: dict, words: int = 8) -> str:
     """The first words of the last user message (or the prompt/input) of a canonical request."""
     body = request.get("body")

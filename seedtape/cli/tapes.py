@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from seedtape.cli.audit import parse_age
-from seedtape.cli.inspection import open_store, store_option, when
+from seedtape.cli.inspection import count, open_store, store_option, when
 from seedtape.proxy import prune as pruning
 from seedtape.proxy import scrub, tapefile, unused
 from seedtape.proxy.store import Store, StoreError
@@ -18,10 +18,6 @@ def _field_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, 
         return tuple(scrub.parse_field(v) for v in values)
     except ValueError as e:
         raise click.BadParameter(str(e)) from None
-
-
-def _count(n: int, one: str, many: str = "") -> str:
-    return f"{n} {one if n == 1 else (many or one + 's')}"
 
 
 @click.command("export")
@@ -91,11 +87,11 @@ def prune(store: str, older_than: float | None, not_newest: bool, model: str | N
             if not chosen:
                 click.echo("nothing to prune: no entry matches every filter")
             elif dry_run:
-                click.echo(f"would prune {_count(len(chosen), 'entry', 'entries')} of {_count(keys, 'request key')} "
+                click.echo(f"would prune {count(len(chosen), 'entry', 'entries')} of {count(keys, 'request key')} "
                            "(dry run: nothing changed)")
             else:
                 n = pruning.prune(st, chosen)
-                click.echo(f"pruned {_count(n, 'entry', 'entries')} of {_count(keys, 'request key')}; "
-                           f"{_count(st.stats()['entries'], 'entry', 'entries')} left")
+                click.echo(f"pruned {count(n, 'entry', 'entries')} of {count(keys, 'request key')}; "
+                           f"{count(st.stats()['entries'], 'entry', 'entries')} left")
     except StoreError as e:
         raise click.ClickException(str(e)) from None
