@@ -9,18 +9,17 @@ from __future__ import annotations
 
 import hashlib
 import json
-import math
 import time
 from dataclasses import dataclass, field
 
-from . import convert, divergence, endpoints, errors, nearest, routing, scrub, wire
+from . import convert, divergence, endpoints, errors, nearest, routing, scrub, strictjson, wire
 from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
 from .endpoints import Endpoint
 from .modes import Mode
 from .seed import SeedPolicy
 from .store import Store
 from .streams import StreamTape
-from .tape import NO_FINGERPRINT, TapeEntry, fingerprint_of
+from .tape import NO_FINGERPRINT, TapeEntry, fingerprint_of, fingerprint_problem, recordable_status
 from .headers import CREDENTIAL_HEADERS, safe_headers
 
 
@@ -80,7 +79,10 @@ class Exchange:
         return self.canonical.key if self.canonical else ""
 
     def headers(self) -> list[tuple[str, str]]:
-        """The ``seedtape-*`` headers for the response the client gets."""
+        """The ``seedtape-*`` headers for the response the client gets, as safe header values.
+
+        The fingerprint and the miss explanation come from an upstream or a tape: untrusted.
+        """
         out = [(wire.STATUS, self.status)]
         if self.canonical:
             out += [(wire.KEY, self.key), (wire.SEED, self.seed)]
@@ -90,63 +92,26 @@ class Exchange:
             out.append((wire.DIVERGENCE, self.divergence.header()))
         if self.miss is not None:
             out.append((wire.MISS, self.miss.summary()))
-        return out
+        return [(k, wire.header_value(v)) for k, v in out]
 
 
 def _json_object(content: bytes) -> dict:
     """Parse a request body that must be a JSON object; ValueError says why not."""
-
-    def no_constants(name: str) -> object:
-        raise ValueError(f"{name} is not valid JSON")
-
     try:
         text = content.decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32 and pass surrogates
     except UnicodeDecodeError:
         raise ValueError("the body is not UTF-8") from None
-
-    def finite(literal: str) -> float:
-        value = float(literal)
-        if not math.isfinite(value):
-            raise ValueError(f"{literal} is too large for a JSON number")
-        return value
-
-    def integer(literal: str) -> int:
-        if len(literal.lstrip("-")) > MAX_INT_DIGITS:
-            raise ValueError(f"a {len(literal.lstrip('-'))}-digit integer is too large for a JSON number here")
-        return int(literal)
-
     try:
-        body = json.loads(text, parse_constant=no_constants, parse_float=finite, parse_int=integer)
-    except RecursionError:
-        raise ValueError("the JSON body is nested too deeply") from None
+        body = strictjson.loads(text)
     except json.JSONDecodeError as e:
         raise ValueError(f"the body is not valid JSON ({e.msg} at line {e.lineno} column {e.colno})") from None
+    except strictjson.TooDeep as e:
+        raise ValueError(f"the JSON body is {e}") from None
     except ValueError as e:  # NaN/Infinity, a float overflow, a huge int
         raise ValueError(f"the body is not valid JSON: {e}") from None
     if not isinstance(body, dict):
         raise ValueError(f"the JSON body must be an object, not {type(body).__name__}")
-    if _depth(body) > MAX_DEPTH:
-        raise ValueError(f"the JSON body is nested too deeply (more than {MAX_DEPTH} levels)")
     return body
-
-
-MAX_DEPTH = 200  # far beyond any real request; deeper bodies could not be stored or diffed
-MAX_INT_DIGITS = 1000  # below Python's int-to-str limit (4300), far above any real parameter
-
-
-def _depth(doc: object) -> int:
-    """Nesting depth, without recursion."""
-    deepest, stack = 0, [(doc, 1)]
-    while stack:
-        node, d = stack.pop()
-        deepest = max(deepest, d)
-        if d > MAX_DEPTH:
-            return d
-        if isinstance(node, dict):
-            stack.extend((v, d + 1) for v in node.values())
-        elif isinstance(node, list):
-            stack.extend((v, d + 1) for v in node)
-    return deepest
 
 
 def encode_json(body: object) -> bytes:
@@ -257,6 +222,9 @@ class Tapedeck:
 
     def _serve(self, ex: Exchange, entry: TapeEntry) -> Exchange:
         """Answer from a recording, in the format the client asked for."""
+        if not recordable_status(entry.status):  # only a crafted store or tape holds one: fail closed
+            return self._refuse(ex, errors.internal(f"the recording for {ex.key[:12]} has status {entry.status!r}, "
+                                                    "which seedtape never records; delete or re-record it"))
         ex.status = "hit"
         ex.fingerprint = entry.fingerprint
         self.served.add((entry.key, entry.fingerprint))
@@ -275,7 +243,8 @@ class Tapedeck:
             body = convert.to_completion(entry.endpoint, entry.sse_chunks())
             ex.status = "hit; converted-from=sse"
         ctype = "text/event-stream; charset=utf-8" if want == "sse" else "application/json"
-        headers = [(k, v) for k, v in entry.headers if k != "content-type"] + [("content-type", ctype)]
+        # Only what recording keeps, also from stores written before a rule tightened; framing is computed.
+        headers = [(k, v) for k, v in safe_headers(entry.headers) if k != "content-type"] + [("content-type", ctype)]
         ex.reply = Reply(entry.status, headers + ex.headers(), body, pace)
         return ex
 
@@ -297,7 +266,7 @@ class Tapedeck:
             body = None
         if isinstance(body, dict):
             ex.fingerprint = fingerprint_of(body)
-        if not 200 <= status < 300:
+        if not recordable_status(status):
             ex.status, ex.note = "unrecorded", f"upstream answered {status}"
             return ex
         if not isinstance(body, dict) or "error" in body:
@@ -352,7 +321,7 @@ class Tapedeck:
             return ex
         ex.tape = None  # taken: a second call (end of body, then the response hook) records nothing more
         ex.fingerprint = tape.fingerprint or NO_FINGERPRINT
-        why = tape.verdict() or (f"upstream answered {status}" if not 200 <= status < 300 else "")
+        why = tape.verdict() or (f"upstream answered {status}" if not recordable_status(status) else "")
         if why:
             ex.status, ex.note = "unrecorded", why
             return ex
@@ -368,6 +337,9 @@ class Tapedeck:
         if not ex.mode.records:
             return ex
         assert ex.canonical is not None and ex.endpoint is not None
+        if (why := fingerprint_problem(ex.fingerprint)) is not None:
+            ex.status, ex.note = "unrecorded", f"the upstream's system_fingerprint is unusable: {why}"
+            return ex
         s = self.settings
         request = ex.canonical.to_json()
         if s.redact_fields:

@@ -6,6 +6,7 @@ scheme, a cookie, an organization id) can never leak into a tape.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterable
 
 _SAFE_EXACT = frozenset(
@@ -43,9 +44,35 @@ def is_safe(name: str) -> bool:
     return name in _SAFE_EXACT or name.startswith(_SAFE_PREFIXES)
 
 
-def safe_headers(pairs: Iterable[tuple[str, str]]) -> list[list[str]]:
-    """The response headers worth replaying, lower-cased, in their original order."""
-    return [[k.lower(), v] for k, v in pairs if is_safe(k)]
+MAX_VALUE = 1024  # a rate limit, request id or processing time is a few dozen characters
+_VALUE = re.compile(r"[\x20-\x7e]*")
+
+
+def valid_value(value: str) -> bool:
+    """Whether a stored header value can be replayed as it is: visible ASCII and spaces, bounded.
+
+    An upstream can send bytes that are not UTF-8 (mitmproxy hands them over as surrogate
+    escapes) or control characters; such a value is never stored, so replay never fails on it.
+    """
+    return isinstance(value, str) and len(value) <= MAX_VALUE and _VALUE.fullmatch(value) is not None
+
+
+def safe_headers(pairs: Iterable[tuple[str, str]] | Iterable[list[str]]) -> list[list[str]]:
+    """The response headers worth replaying, lower-cased, in their original order.
+
+    Recording stores only these, replay serves only these (also from stores and tapes
+    written before a rule tightened), and import refuses a tape holding any other.
+    """
+    return [[k.lower(), v] for k, v in pairs if is_safe(k) and valid_value(v)]
+
+
+def refusal(name: str, value: str) -> str | None:
+    """Why recording would never have stored this header (None: it would)."""
+    if not is_safe(name):
+        return f"header {name!r} is not one seedtape records (only content-type, request ids, openai-* and x-ratelimit-*)"
+    if not valid_value(value):
+        return f"header {name!r} has a value seedtape never records (control characters, non-ASCII, or over {MAX_VALUE} characters)"
+    return None
 
 # Where clients put their API key (OpenAI, Azure OpenAI, Anthropic-style gateways).
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")

@@ -20,6 +20,7 @@ import numpy as np
 
 from . import jsondiff
 from .canonical import CanonicalRequest
+from .printable import escape
 from .store import Store
 
 MAX_NEAREST = 3
@@ -86,7 +87,7 @@ class Explanation:
 
     def lines(self, max_changes: int = 6) -> list[str]:
         if self.note:
-            return [self.note]
+            return [escape(self.note)]
         if not self.nearest:
             return [f"Nothing recorded for {self.path} is near this request."]
         out = ["Nearest recordings (recorded != this request):"]
@@ -94,7 +95,7 @@ class Explanation:
             shown = [str(c) for c in near.changes[:max_changes]]
             more = f"; and {len(near.changes) - max_changes} more" if len(near.changes) > max_changes else ""
             out.append(f"#{n} {near.key[:12]}: {'; '.join(shown) or 'no field differs'}{more}.")
-        return out
+        return [escape(line) for line in out]  # it quotes recorded values: shown in terminals and test reports
 
     def text(self) -> str:
         return " ".join(self.lines())
@@ -103,7 +104,7 @@ class Explanation:
         """One header-safe line."""
         s = " ".join(self.lines(max_changes=3))
         s = s.encode("ascii", "backslashreplace").decode().replace("\r", " ").replace("\n", " ")
-        return s if len(s) <= limit else s[: limit - 1] + "…"
+        return s if len(s) <= limit else s[: limit - 3] + "..."
 
     def to_json(self) -> dict:
         return {"key": self.key, "path": self.path, "note": self.note, "nearest": [n.to_json() for n in self.nearest]}

@@ -7,6 +7,7 @@ gives back the exact bytes the upstream sent and the header stays readable.
 from __future__ import annotations
 
 import json
+import re
 import struct
 from dataclasses import asdict, dataclass, field
 
@@ -25,6 +26,30 @@ def fingerprint_of(body: object) -> str:
         if isinstance(fp, str) and fp:
             return fp
     return NO_FINGERPRINT
+
+
+MAX_FINGERPRINT = 200  # real ones are ~13 characters; the store's keys hold at most 511 bytes
+_FINGERPRINT = re.compile(r"[\x21-\x7e]+")
+
+
+def fingerprint_problem(fp: object) -> str | None:
+    """Why ``fp`` cannot be a stored fingerprint (None: it can).
+
+    A fingerprint becomes a response header, a file name stem and part of a store key,
+    and it comes from an untrusted upstream or tape: visible ASCII only, bounded.
+    """
+    if not isinstance(fp, str) or not fp:
+        return "the fingerprint is empty"
+    if len(fp) > MAX_FINGERPRINT:
+        return f"the fingerprint has {len(fp)} characters (at most {MAX_FINGERPRINT})"
+    if not _FINGERPRINT.fullmatch(fp):
+        return "the fingerprint holds spaces, control characters or non-ASCII"
+    return None
+
+
+def recordable_status(status: object) -> bool:
+    """The statuses seedtape records: a 2xx that carries a body (never 204/205, 1xx, 3xx or errors)."""
+    return isinstance(status, int) and not isinstance(status, bool) and 200 <= status < 300 and status not in (204, 205)
 
 
 class CorruptEntry(ValueError):
