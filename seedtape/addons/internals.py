@@ -11,13 +11,20 @@
    connection's reader task itself (``Proxyserver.connections[...].transports``),
    unless the client is the slow side (its write buffer is not empty).
 
-tests/test_proxy_e2e.py (upstream unreachable) and tests/test_faults.py (timeouts)
-check both on every run.
+3. Chunked bodies with trailers: mitmproxy 12 raises NotImplementedError on
+   them and its connection handler crashes ("mitmproxy has crashed!").
+   ``_http1.make_body_reader`` is wrapped so the chunked reader drops trailers
+   (no OpenAI API reads them) and the message ends normally.
+
+tests/test_proxy_e2e.py (upstream unreachable), tests/test_faults.py (timeouts)
+and tests/test_untrusted_upstream.py (trailers) check them on every run.
 """
 
 from __future__ import annotations
 
 from collections import deque
+
+import h11
 
 from mitmproxy import ctx, http
 from mitmproxy.net.http import http1
@@ -26,6 +33,7 @@ from mitmproxy.proxy.layers.http import _http1
 from seedtape.proxy import errors, wire
 
 _original = _http1.make_error_response
+_original_body_reader = _http1.make_body_reader
 _upstream = "the upstream"
 _max_body = 0
 # Reasons of upstream aborts that have not reached their error page yet. mitmproxy passes
@@ -53,13 +61,37 @@ def install(upstream: str, max_body: int = 0) -> None:
     """Answer mitmproxy's own errors in OpenAI's shape, naming ``upstream``."""
     global _upstream, _max_body
     _upstream, _max_body = upstream, max_body
-    if not callable(getattr(_http1, "make_error_response", None)):
-        raise RuntimeError("this mitmproxy has no _http1.make_error_response; seedtape needs mitmproxy 12")
+    for name in ("make_error_response", "make_body_reader"):
+        if not callable(getattr(_http1, name, None)):
+            raise RuntimeError(f"this mitmproxy has no _http1.{name}; seedtape needs mitmproxy 12")
     _http1.make_error_response = make_error_response
+    _http1.make_body_reader = make_body_reader
+
+
+class _TrailerDroppingReader:
+    """h11's chunked reader, with trailers dropped: the message then ends as if it had none."""
+
+    def __init__(self, reader):
+        self._reader = reader
+
+    def __call__(self, buf):
+        event = self._reader(buf)
+        if isinstance(event, h11.EndOfMessage) and event.headers:
+            return h11.EndOfMessage()
+        return event
+
+    def read_eof(self):
+        return self._reader.read_eof()
+
+
+def make_body_reader(expected_size: int | None):
+    reader = _original_body_reader(expected_size)
+    return _TrailerDroppingReader(reader) if expected_size is None else reader
 
 
 def uninstall() -> None:
     _http1.make_error_response = _original
+    _http1.make_body_reader = _original_body_reader
 
 
 def _transports(flow: http.HTTPFlow):

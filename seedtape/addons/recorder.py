@@ -17,7 +17,7 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
-from seedtape.proxy import bodies, divergence, embedder, errors, scrub, unused, wire
+from seedtape.proxy import bodies, divergence, embedder, errors, printable, scrub, unused, wire
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -26,6 +26,7 @@ from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
 from seedtape.proxy.store import Store, StoreError
 
 log = logging.getLogger("seedtape")
+log.addFilter(printable.LogEscaper())  # every line: paths and fingerprints come from clients and upstreams
 
 OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
 EXCHANGE = "seedtape_exchange"
@@ -41,7 +42,8 @@ def upstream_of(modes: Sequence[str]) -> str:
 
 
 def make_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
-    return http.Response.make(status, body, [(k.encode(), v.encode()) for k, v in headers])
+    """A response of seedtape's own; every header value is made safe (framing is computed by mitmproxy)."""
+    return http.Response.make(status, body, [(k.encode(), wire.header_value(v).encode()) for k, v in headers])
 
 
 class Seedtape:
@@ -170,7 +172,7 @@ class Seedtape:
         try:
             self._request(flow)
         except Exception as e:  # fail closed: never fall through to a live call
-            log.exception("seedtape: internal error on %s %s", req.method, req.path)
+            log.exception("seedtape: internal error on %s %s", req.method, wire.log_path(req.path))
             self._reply(flow, errors.internal(f"{type(e).__name__}: {e}"))
         if flow.response is None:
             self._arm(flow)  # it goes upstream: time it
@@ -214,7 +216,7 @@ class Seedtape:
     def _reply(self, flow: http.HTTPFlow, err: errors.SeedtapeError) -> None:
         flow.response = make_response(err.status, [*err.all_headers().items(), (wire.STATUS, "error")], err.body())
         flow.metadata[OWN_REPLY] = True
-        log.warning("seedtape: error %s %s -> %s %s", flow.request.method, flow.request.path, err.status, err.message)
+        log.warning("seedtape: error %s %s -> %s %s", flow.request.method, wire.log_path(flow.request.path), err.status, err.message)
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(OWN_REPLY) or flow.response is None:
@@ -248,7 +250,7 @@ class Seedtape:
                         self.deck.finish_stream(ex, status, headers)
                         self.deck.note_divergence(ex)
                 except Exception:
-                    log.exception("seedtape: could not tape the stream of %s", flow.request.path)
+                    log.exception("seedtape: could not tape the stream of %s", wire.log_path(flow.request.path))
                     ex.tape, ex.status, ex.note = None, "unrecorded", "taping failed (see the log)"
                 return data
 
@@ -290,7 +292,7 @@ class Seedtape:
             self.deck.finish(ex, resp.status_code, list(resp.headers.items()), content)
             self.deck.note_divergence(ex, await self._embedding_distance(ex, flow))
         except Exception:
-            log.exception("seedtape: could not record %s %s", flow.request.method, flow.request.path)
+            log.exception("seedtape: could not record %s %s", flow.request.method, wire.log_path(flow.request.path))
             ex.status, ex.note = "unrecorded", "recording failed (see the log)"
         self._add_headers(flow, ex)
         self._log(ex, resp.status_code)
@@ -303,9 +305,9 @@ class Seedtape:
             side = "response" if "response" in msg.lower() else "request"
             msg = f"the {side} body is larger than --max-body ({ctx.options.seedtape_max_body} bytes)"
         if ex is not None and ex.status == "recorded":
-            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, flow.request.path, msg)
+            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, wire.log_path(flow.request.path), msg)
             return
-        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, flow.request.path, msg)
+        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, wire.log_path(flow.request.path), msg)
         if ex is not None:
             ex.tape, ex.status = None, "error"  # a cut stream is never recorded
 
@@ -335,14 +337,14 @@ class Seedtape:
             if ex is not None:
                 ex.tape, ex.status, ex.note = None, "error", f"upstream timeout after {seconds:g}s"
             log.warning("seedtape: %s %s: the upstream sent nothing for %gs; aborted, nothing recorded",
-                        flow.request.method, flow.request.path, seconds)
+                        flow.request.method, wire.log_path(flow.request.path), seconds)
 
     # -- helpers ------------------------------------------------------------
 
     @staticmethod
     def _add_headers(flow: http.HTTPFlow, ex: Exchange) -> None:
         for k, v in ex.headers():
-            flow.response.headers[k] = v
+            flow.response.headers[k] = wire.header_value(v)
 
     @staticmethod
     def _log(ex: Exchange, status: int) -> None:
@@ -353,7 +355,7 @@ class Seedtape:
             extra += f" divergence={ex.divergence.header()}"
             if ex.divergence.departure:
                 extra += f" first difference: {ex.divergence.departure['summary']}"
-        path = ex.path.split("?", 1)[0].encode("ascii", "backslashreplace").decode()  # no raw bytes or escapes in logs
+        path = wire.log_path(ex.path)
         log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, path, key, ex.fingerprint or "-", status, ms, extra)
 
 
