@@ -12,7 +12,7 @@ from datetime import datetime
 
 import click
 
-from seedtape.cli import htmlreport
+from seedtape.cli import htmlreport, output
 from seedtape.cli.inspection import count, last_user_words, open_store, store_option, when
 from seedtape.proxy import audit as core
 from seedtape.proxy.divergence import VERDICTS
@@ -69,21 +69,21 @@ def _fmt(x: float | None, pct: bool = False) -> str:
 
 
 def print_table(report: core.AuditReport) -> None:
-    click.echo(f"{'KEY':<13} {'MODEL':<16} {'FINGERPRINTS':<22} {'N':>3} {'ERR':>3} {'IDENT':>6} "
+    output.echo(f"{'KEY':<13} {'MODEL':<16} {'FINGERPRINTS':<22} {'N':>3} {'ERR':>3} {'IDENT':>6} "
                f"{'SIM→REC':>7} {'SIM↔':>6} {'EMB→REC':>7}  VERDICTS / PROMPT")
     for rr in report.requests:
         fps = ",".join(rr.fingerprints_seen) or "-"
         verdicts = " ".join(f"{k}={v}" for k, v in sorted(rr.verdicts.items()))
-        click.echo(f"{rr.key[:12]:<13} {rr.model[:16]:<16} {fps[:22]:<22} {len(rr.samples):>3} {rr.errors:>3} "
+        output.echo(f"{rr.key[:12]:<13} {rr.model[:16]:<16} {fps[:22]:<22} {len(rr.samples):>3} {rr.errors:>3} "
                    f"{_fmt(rr.identical_share, True):>6} {_fmt(rr.mean_similarity_to_recording):>7} "
                    f"{_fmt(rr.mean_pairwise_similarity):>6} {_fmt(rr.mean_embedding_distance_to_recording):>7}  "
                    f"{verdicts}  {rr.prompt[:40]}")
     shares = "  ".join(f"{k} {v:.0%}" for k, v in report.verdict_shares.items())
-    click.echo(f"\n{count(len(report.requests), 'request')}, {count(report.samples, 'sample')}, "
+    output.echo(f"\n{count(len(report.requests), 'request')}, {count(report.samples, 'sample')}, "
                f"{count(report.errors, 'error')}; "
                f"identical to recording {_fmt(report.identical_share, True)}, "
                f"mean similarity {_fmt(report.mean_similarity_to_recording)}")
-    click.echo(f"verdicts: {shares}")
+    output.echo(f"verdicts: {shares}")
 
 
 @click.command("audit")
@@ -119,17 +119,17 @@ def audit_cmd(store, upstream, model, key_prefix, older_than, newer_than, repeat
     try:
         st = Store(store)
     except StoreError as e:
-        raise click.ClickException(str(e)) from None
+        raise output.Failure(str(e)) from None
     with st:
         entries = core.select(st, model=model, key_prefix=key_prefix,
                               older_than=parse_age(older_than), newer_than=parse_age(newer_than))
         if not entries:
-            click.echo("seedtape audit: no recorded request matches the filters; nothing to audit", err=True)
+            output.echo("seedtape audit: no recorded request matches the filters; nothing to audit", err=True)
             sys.exit(2)
         key = os.environ.get(api_key_env, "")
         auth = {"authorization": f"Bearer {key}"} if key else {}
         if not key:
-            click.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key",
+            output.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key",
                        err=True)
         with click.progressbar(length=len(entries) * repeats, label="auditing", file=sys.stderr) as bar:
             report = asyncio.run(core.run(
@@ -146,11 +146,11 @@ def audit_cmd(store, upstream, model, key_prefix, older_than, newer_than, repeat
     if json_file != "-":
         print_table(report)
     if report.errors == report.samples:
-        click.echo(f"seedtape audit: every sample failed (first error: {_first_error(report)})", err=True)
+        output.echo(f"seedtape audit: every sample failed (first error: {_first_error(report)})", err=True)
         sys.exit(2)
     failed = core.exceeded(report, thresholds)
     if failed:
-        click.echo("seedtape audit: FAILED: " + "; ".join(failed), err=True)
+        output.echo("seedtape audit: FAILED: " + "; ".join(failed), err=True)
         sys.exit(1)
 
 
@@ -182,13 +182,13 @@ def events(store, verdict, model, key_prefix, since, until, source, limit, as_js
     if limit is not None:
         rows = rows[-limit:] if limit > 0 else []
     if as_json:
-        click.echo(json.dumps(rows, indent=2, ensure_ascii=False))
+        output.echo_json(rows)
         return
     if not rows:
-        click.echo("no audit events match")
+        output.echo("no audit events match")
         return
-    click.echo(f"{'TIME':<21} {'SOURCE':<6} {'KEY':<13} {'MODEL':<16} {'VERDICT':<17} {'SIM':>6}  FINGERPRINT (recorded -> live)")
+    output.echo(f"{'TIME':<21} {'SOURCE':<6} {'KEY':<13} {'MODEL':<16} {'VERDICT':<17} {'SIM':>6}  FINGERPRINT (recorded -> live)")
     for e in rows:
-        click.echo(f"{when(e.get('time', 0)):<21} {e.get('source', ''):<6} {e.get('key', '')[:12]:<13} "
+        output.echo(f"{when(e.get('time', 0)):<21} {e.get('source', ''):<6} {e.get('key', '')[:12]:<13} "
                    f"{str(e.get('model', ''))[:16]:<16} {e.get('verdict', ''):<17} {_fmt(e.get('similarity')):>6}  "
                    f"{e.get('recorded_fingerprint')} -> {e.get('live_fingerprint')}")

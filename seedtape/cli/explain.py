@@ -9,6 +9,7 @@ from pathlib import Path
 
 import click
 
+from seedtape.cli import output
 from seedtape.cli.inspection import open_store, resolve, store_option
 from seedtape.proxy import divergence, endpoints, jsondiff, nearest
 from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
@@ -31,11 +32,11 @@ def _load(source: str) -> object:
     try:
         text = sys.stdin.read() if source == "-" else Path(source).read_text()
     except OSError as e:
-        raise click.ClickException(f"cannot read {source}: {e.strerror}") from None
+        raise output.Failure(f"cannot read {source}: {e.strerror}") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as e:
-        raise click.ClickException(f"{source} is not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
+        raise output.Failure(f"{source} is not JSON (line {e.lineno}, column {e.colno}): {e.msg}") from None
 
 
 @click.command()
@@ -63,7 +64,7 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
         else:
             doc = _load(request)
             if not isinstance(doc, dict):
-                raise click.ClickException(f"{request} must hold a JSON object (a request body)")
+                raise output.Failure(f"{request} must hold a JSON object (a request body)")
             if {"method", "path", "body"} <= set(doc):  # already canonical
                 canonical_json = doc
             else:
@@ -89,9 +90,9 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
             result = {"replays": False, **expl.to_json()}
             text = [f"{key[:12]} would miss ({canonical.path})."] + expl.lines()
     if as_json:
-        click.echo(json.dumps(result, indent=2, ensure_ascii=False))
+        output.echo_json(result)
     else:
-        click.echo("\n".join(text))
+        output.echo("\n".join(text))
     if not result["replays"]:
         sys.exit(1)  # scripts and CI can check a request before they rely on it
 
@@ -117,18 +118,18 @@ def diff_cmd(store, key_a, key_b, as_json):
         resp = [jsondiff.Change(group + c.path if c.path.startswith("[") else c.path, c.a, c.b)
                 for c in jsondiff.diff(out_a, out_b)]
     if as_json:
-        click.echo(json.dumps({
+        output.echo_json({
             "a": {"key": a.key, "fingerprint": a.fingerprint}, "b": {"key": b.key, "fingerprint": b.fingerprint},
             "request": [c.to_json() for c in req], "response": [c.to_json() for c in resp],
             "response_departure": jsondiff.first_departure(out_a, out_b) if a.endpoint == b.endpoint else None,
-        }, indent=2, ensure_ascii=False))
+        })
         return
-    click.echo(f"a {a.key[:12]} ({a.fingerprint})  b {b.key[:12]} ({b.fingerprint})")
-    click.echo("request:" + ("" if req else " identical"))
+    output.echo(f"a {a.key[:12]} ({a.fingerprint})  b {b.key[:12]} ({b.fingerprint})")
+    output.echo("request:" + ("" if req else " identical"))
     for c in req:
-        click.echo(f"  {c}")
+        output.echo(f"  {c}")
     if a.fingerprint != b.fingerprint:
-        click.echo(f"fingerprint: {a.fingerprint} != {b.fingerprint}")
-    click.echo("response:" + ("" if resp else " identical output"))
+        output.echo(f"fingerprint: {a.fingerprint} != {b.fingerprint}")
+    output.echo("response:" + ("" if resp else " identical output"))
     for c in resp:
-        click.echo(f"  {c}")
+        output.echo(f"  {c}")

@@ -8,7 +8,9 @@ from datetime import datetime, timezone
 
 import click
 
+from seedtape.cli import output
 from seedtape.proxy import sse
+from seedtape.proxy.printable import escape
 from seedtape.proxy.store import Store, StoreError
 from seedtape.proxy.tape import TapeEntry
 
@@ -22,21 +24,17 @@ def open_store(path: str) -> Store:
     try:
         return Store(path, readonly=True)
     except StoreError as e:
-        raise click.ClickException(str(e)) from None
+        raise output.Failure(str(e)) from None
 
 
 def dumps(doc: object) -> str:
-    """Pretty JSON for a terminal; lone surrogates (valid JSON escapes, not UTF-8) stay escaped."""
-    text = json.dumps(doc, indent=2, ensure_ascii=False)
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        return json.dumps(doc, indent=2)
+    """Pretty JSON for a terminal (see output.dumps)."""
+    return output.dumps(doc)
 
 
 def printable(text: str) -> str:
-    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+    """One line of recorded text, safe to print."""
+    return escape(text)
 
 
 def when(ts: float) -> str:
@@ -89,25 +87,25 @@ def ls(store: str, as_json: bool) -> None:
     if as_json:
         for r in rows:
             r["recorded_at"] = when(r["recorded_at"])
-        click.echo(dumps(rows))
+        output.echo(dumps(rows))
         return
     if not rows:
-        click.echo(f"no recordings in {store}")
+        output.echo(f"no recordings in {store}")
         return
-    click.echo(f"{'KEY':<14} {'MODEL':<22} {'FMT':<4} {'NAMESPACE':<12} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
+    output.echo(f"{'KEY':<14} {'MODEL':<22} {'FMT':<4} {'NAMESPACE':<12} {'FINGERPRINTS':<24} {'RECORDED':<21} PROMPT")
     for r in rows:
         fps = ",".join(r["fingerprints"])
         ns = r["namespace"] or "-"
-        click.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {r['format']:<4} {ns[:12]:<12} {fps[:24]:<24} "
+        output.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {r['format']:<4} {ns[:12]:<12} {fps[:24]:<24} "
                              f"{when(r['recorded_at']):<21} {r['prompt']}"))
 
 
 def resolve(st: Store, prefix: str) -> str:
     keys = st.find(prefix.lower())
     if not keys:
-        raise click.ClickException(f"no recording has a key starting with {prefix!r}: `seedtape ls` lists the keys")
+        raise output.Failure(f"no recording has a key starting with {prefix!r}: `seedtape ls` lists the keys")
     if len(keys) > 1:
-        raise click.ClickException(f"{prefix!r} matches {len(keys)} keys ({', '.join(k[:12] for k in keys[:5])}…): give more characters")
+        raise output.Failure(f"{prefix!r} matches {len(keys)} keys ({', '.join(k[:12] for k in keys[:5])}…): give more characters")
     return keys[0]
 
 
@@ -123,7 +121,7 @@ def _events_for_display(body: str) -> str:
     lines = []
     for ev in sse.parse(body.encode("utf-8", errors="replace")):
         try:
-            data = json.dumps(json.loads(ev.data), ensure_ascii=False, separators=(", ", ": "))
+            data = json.dumps(json.loads(ev.data), ensure_ascii=False, separators=(", ", ": "))  # escaped when printed
         except ValueError:
             data = ev.data
         lines.append(f"{'event: ' + ev.event + '  ' if ev.event else ''}data: {data}")
@@ -142,7 +140,7 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
         fps = [fingerprint] if fingerprint else st.fingerprints(full)
         entries = [e for fp in fps if (e := st.get(full, fp)) is not None]
     if not entries:
-        raise click.ClickException(f"{full[:12]} has no entry under fingerprint {fingerprint}")
+        raise output.Failure(f"{full[:12]} has no entry under fingerprint {fingerprint}")
     out = []
     for e in entries:
         out.append({
@@ -153,20 +151,20 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
             "response": {"status": e.status, "headers": dict(e.headers), "body": _body_for_display(e)},
         })
     if as_json:
-        click.echo(dumps(out if len(out) > 1 else out[0]))
+        output.echo(dumps(out if len(out) > 1 else out[0]))
         return
     for o in out:
-        click.secho(printable(f"key {o['key']}  fingerprint {o['fingerprint']}"), bold=True)
-        click.echo(printable(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
+        output.secho(printable(f"key {o['key']}  fingerprint {o['fingerprint']}"), bold=True)
+        output.echo(printable(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
                    f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}"))
-        click.secho("request:", bold=True)
-        click.echo(dumps(o["request"]))
-        click.secho(f"response: {o['response']['status']}", bold=True)
+        output.secho("request:", bold=True)
+        output.echo(dumps(o["request"]))
+        output.secho(f"response: {o['response']['status']}", bold=True)
         if o["format"] == "sse" and isinstance(o["response"]["body"], str):
-            click.echo(printable(_events_for_display(o["response"]["body"])))
+            output.echo(_events_for_display(o["response"]["body"]))
         else:
-            click.echo(dumps(o["response"]["body"]))
-        click.echo()
+            output.echo(dumps(o["response"]["body"]))
+        output.echo()
 
 
 @click.command()
@@ -177,8 +175,8 @@ def stats(store: str, as_json: bool) -> None:
     with open_store(store) as st:
         s = st.stats()
     if as_json:
-        click.echo(json.dumps(s, indent=2))
+        output.echo_json(s)
         return
     for k in ("path", "entries", "request_keys", "fingerprints", "events", "size_bytes", "map_size", "schema_version"):
-        click.echo(f"{k:<15} {s[k]}")
+        output.echo(f"{k:<15} {s[k]}")
     sys.stdout.flush()

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from seedtape.cli import output
 from seedtape.cli.audit import parse_age
 from seedtape.cli.inspection import count, open_store, store_option, when
 from seedtape.proxy import prune as pruning
@@ -35,8 +36,8 @@ def export_cmd(store: str, path: str, scrub_headers: tuple[str, ...], scrub_fiel
         try:
             result = tapefile.export(st, path, scrub_headers=scrub_headers, scrub_fields=scrub_fields)
         except (tapefile.TapeFileError, OSError) as e:
-            raise click.ClickException(str(e)) from None
-    click.echo(result.summary())
+            raise output.Failure(str(e)) from None
+    output.echo(result.summary())
 
 
 @click.command("import")
@@ -48,9 +49,9 @@ def import_cmd(store: str, path: str) -> None:
         entries = tapefile.load(path)  # check everything before the store is even opened
         with Store(store) as st:
             result = tapefile.merge(st, entries, path)
-    except (tapefile.TapeFileError, StoreError) as e:
-        raise click.ClickException(str(e)) from None
-    click.echo(result.summary())
+    except (tapefile.TapeFileError, StoreError, OSError) as e:  # a tape is untrusted: one line, never a traceback
+        raise output.Failure(str(e)) from None
+    output.echo(result.summary())
 
 
 @click.command()
@@ -69,7 +70,7 @@ def prune(store: str, older_than: float | None, not_newest: bool, model: str | N
     try:
         unused_pairs = frozenset(unused.read_report(unused_in)) if unused_in else None
     except ValueError as e:
-        raise click.ClickException(str(e)) from None
+        raise output.Failure(str(e)) from None
     f = pruning.PruneFilter(older_than=older_than, not_newest=not_newest, model=model, key_prefix=key_prefix,
                             only=unused_pairs)
     if f.empty:
@@ -82,16 +83,16 @@ def prune(store: str, older_than: float | None, not_newest: bool, model: str | N
         with (open_store(store) if dry_run else Store(store)) as st:
             chosen = pruning.select(st, f)
             for e in chosen:
-                click.echo(f"{e.key[:12]}  {e.fingerprint}  {e.model or '-'}  {when(e.recorded_at)}")
+                output.echo(f"{e.key[:12]}  {e.fingerprint}  {e.model or '-'}  {when(e.recorded_at)}")
             keys = len({e.key for e in chosen})
             if not chosen:
-                click.echo("nothing to prune: no entry matches every filter")
+                output.echo("nothing to prune: no entry matches every filter")
             elif dry_run:
-                click.echo(f"would prune {count(len(chosen), 'entry', 'entries')} of {count(keys, 'request key')} "
+                output.echo(f"would prune {count(len(chosen), 'entry', 'entries')} of {count(keys, 'request key')} "
                            "(dry run: nothing changed)")
             else:
                 n = pruning.prune(st, chosen)
-                click.echo(f"pruned {count(n, 'entry', 'entries')} of {count(keys, 'request key')}; "
+                output.echo(f"pruned {count(n, 'entry', 'entries')} of {count(keys, 'request key')}; "
                            f"{count(st.stats()['entries'], 'entry', 'entries')} left")
     except StoreError as e:
-        raise click.ClickException(str(e)) from None
+        raise output.Failure(str(e)) from None
