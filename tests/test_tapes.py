@@ -73,13 +73,17 @@ def fill(st: Store) -> dict[str, TapeEntry]:
     e["ns"] = put(st, "Capital of France?", namespace="suite-α/test_one", fmt="sse",
                   body=sse_answer("Paris again", "fp_44709d6fcb", usage=True), fp="fp_44709d6fcb",
                   extra={"gaps": [], "include_usage": True}, at=T0 + 1.5)
-    e["weird_fp"] = put(st, "Odd fingerprints", fp="Backend 7/ü:*", reply="odd", at=T0 + 2)
+    e["weird_fp"] = put(st, "Odd fingerprints", fp="Backend-7/v:*", reply="odd", at=T0 + 2)
     e["upper_fp"] = put(st, "Odd fingerprints", fp="FP_A", reply="upper", at=T0 + 3)
     e["lower_fp"] = put(st, "Odd fingerprints", fp="fp_a", reply="lower", at=T0 + 4)
-    e["binary"] = put(st, "binary please", fp="fp_bin", body=b'{"x": "\xff\xfe\x00"}\r\n', at=T0 + 5)
-    e["not_json"] = put(st, "text please", fp="fp_txt", body=b"not json at all\n", at=T0 + 6)
+    # JSON the API may send that is not UTF-8 JSON text (recording parses it as json.loads(bytes) does)
+    e["binary"] = put(st, "binary please", fp="fp_bin", body=json_answer("utf-16", "fp_bin").decode().encode("utf-16"),
+                      at=T0 + 5)
+    e["not_json"] = put(st, "text please", fp="fp_txt", body=b"\xef\xbb\xbf" + json_answer("a BOM", "fp_txt") + b"\n",
+                        at=T0 + 6)
     e["crlf_sse"] = put(st, "crlf stream", fp="fp_crlf", fmt="sse", at=1_700_000_007.9572887,  # time.time() precision
-                        body=b'data: {"choices":[],"system_fingerprint":"fp_crlf"}\r\n\r\ndata: [DONE]\r\n\r\n')
+                        body=b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}],'
+                             b'"system_fingerprint":"fp_crlf"}\r\n\r\ndata: [DONE]\r\n\r\n')
     e["surrogate"] = put(st, "lone \ud800 surrogate", fp="fp_sur", reply="ok", at=T0 + 8)
     e["recorded_twice"] = put(st, "twice", fp="fp_a", at=T0 + 9)
     e["recorded_twice"] = put(st, "twice", fp="fp_a", at=T0 + 10.000001, reply="second time")
@@ -141,7 +145,7 @@ def test_layout_entry_file_and_exact_bodies(filled, tmp_path):
     assert request == e["paris_a"].request and request["body"]["messages"][0]["content"] == "Capital of France?"
 
     binary = out / e["binary"].key[:2] / e["binary"].key
-    assert (binary / "fp_bin.body.bin").read_bytes() == b'{"x": "\xff\xfe\x00"}\r\n'
+    assert (binary / "fp_bin.body.bin").read_bytes() == e["binary"].body
     assert (out / e["not_json"].key[:2] / e["not_json"].key / "fp_txt.body.bin").exists()
     assert (out / e["crlf_sse"].key[:2] / e["crlf_sse"].key / "fp_crlf.body.sse").read_bytes() == e["crlf_sse"].body
 
