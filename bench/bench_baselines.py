@@ -72,8 +72,22 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_replay  # noqa: E402
 from bench_replay import (  # noqa: E402
-    API_KEY, ROOT, SDK_WARMUP_CALLS, Server, Target, chat_bodies, cpu_us, fmt_pct, median_run, ratio, run_bench,
-    run_worker, sdk_json, sdk_worker, seedtape_cmd)
+    API_KEY,
+    ROOT,
+    SDK_WARMUP_CALLS,
+    Server,
+    Target,
+    chat_bodies,
+    cpu_us,
+    fmt_pct,
+    median_run,
+    ratio,
+    run_bench,
+    run_worker,
+    sdk_json,
+    sdk_worker,
+    seedtape_cmd,
+)
 
 TOOLS = ("seedtape", "mitmproxy", "vcr")
 RECORD_CONCURRENCY = 4  # clients recording through a proxy at once

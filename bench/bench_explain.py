@@ -33,9 +33,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from seedtape.api import Proxy  # noqa: E402
-from seedtape.proxy.canonical import canonicalize  # noqa: E402
-from seedtape.proxy.store import Store  # noqa: E402
-from seedtape.proxy.tape import TapeEntry  # noqa: E402
+from seedtape.proxy.key.canonical import canonicalize  # noqa: E402
+from seedtape.proxy.tapes.entry import TapeEntry  # noqa: E402
+from seedtape.proxy.tapes.store import Store  # noqa: E402
 
 WORDS = ("weather paris tomorrow summary article cats dogs pasta recipe python code review bug fix plan trip "
          "budget email draft poem sonnet story robot ocean mountain history science physics chemistry").split()

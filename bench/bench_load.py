@@ -38,7 +38,15 @@ from urllib.parse import urlsplit
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import bench_replay  # noqa: E402
 from bench_replay import (  # noqa: E402
-    API_KEY, EXCHANGE_ERRORS, MODEL, ROOT, KeepAlive, Server, percentiles, proc_cpu_seconds, run_bench,
+    API_KEY,
+    EXCHANGE_ERRORS,
+    MODEL,
+    ROOT,
+    KeepAlive,
+    Server,
+    percentiles,
+    proc_cpu_seconds,
+    run_bench,
 )
 
 STATUS = re.compile(rb"\r\nseedtape-status:[ \t]*([^\r;]*)", re.I)

@@ -22,7 +22,7 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
 
-from seedtape.proxy import routing
+from seedtape.proxy.key import routing
 
 _LINE = re.compile(r"OPENAI_BASE_URL=(\S+)")
 
@@ -109,9 +109,9 @@ def serve(
     ``store``: an LMDB store to use directly instead (default ./.seedtape without tapes).
     ``args``: any other `seedtape serve` options.
     """
-    from seedtape.proxy import tapefile
     from seedtape.proxy.modes import Mode
-    from seedtape.proxy.store import Store
+    from seedtape.proxy.tapes import tapefile
+    from seedtape.proxy.tapes.store import Store
 
     with tempfile.TemporaryDirectory(prefix="seedtape-") as tmp:
         store_path = str(store) if store is not None else (os.path.join(tmp, "store") if tapes else ".seedtape")

@@ -10,7 +10,7 @@ import sys
 import pytest
 from conftest import chat, client, wait_for
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 
 def events(store: str) -> list[dict]:

@@ -14,16 +14,16 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seedtape.proxy import canonical
-from seedtape.proxy.canonical import (
+from seedtape.proxy.exchange import Settings, Tapedeck
+from seedtape.proxy.key import canonical
+from seedtape.proxy.key.canonical import (
     ALWAYS_IGNORED_FIELDS,
     DEFAULT_IGNORED_FIELDS,
     KEY_VERSION,
     canonicalize,
     normalize_path,
 )
-from seedtape.proxy.exchange import Settings, Tapedeck
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
 BASE = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello there"}], "temperature": 0.5}

@@ -20,8 +20,8 @@ from conftest import API_KEY, chat
 from seedtape.cli.main import cli
 from seedtape.proxy.exchange import Settings, Tapedeck
 from seedtape.proxy.modes import Mode
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 REPO = Path(__file__).resolve().parents[1]
 CHAT = "/v1/chat/completions"

@@ -27,8 +27,8 @@ import pytest
 from conftest import API_KEY
 from fake_upstream import deterministic_text
 
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -258,7 +258,7 @@ async def test_sigkill_while_recording_loses_nothing_committed(upstream, store, 
 
 HOLDER = """
 import sys, time
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 st = Store(sys.argv[1])
 if sys.argv[2] == "write":  # killed inside a write transaction: LMDB's writer lock is held
     txn = st.env.begin(write=True)

@@ -7,8 +7,7 @@ import json
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from seedtape.proxy import convert
-from seedtape.proxy.divergence import (
+from seedtape.proxy.audit.divergence import (
     classify,
     compare,
     cosine_distance,
@@ -17,6 +16,7 @@ from seedtape.proxy.divergence import (
     outputs,
     tokens,
 )
+from seedtape.proxy.dialects import convert
 
 
 def completion(content="hello there", fp="fp_a", finish="stop", **extra) -> bytes:

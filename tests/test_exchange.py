@@ -8,8 +8,8 @@ import pytest
 
 from seedtape.proxy.exchange import Settings, Tapedeck
 from seedtape.proxy.modes import Mode
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import NO_FINGERPRINT
+from seedtape.proxy.tapes.entry import NO_FINGERPRINT
+from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "What is 2+2?"}]}

@@ -13,11 +13,11 @@ import openai
 import pytest
 from conftest import chat, client
 
-from seedtape.proxy import jsondiff
-from seedtape.proxy.canonical import canonicalize
-from seedtape.proxy.nearest import NearestIndex, explain
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.explain import jsondiff
+from seedtape.proxy.explain.nearest import NearestIndex, explain
+from seedtape.proxy.key.canonical import canonicalize
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 QUESTION = "What will the weather be like in Paris tomorrow"
 

@@ -28,7 +28,7 @@ from conftest import API_KEY, chat, wait_for
 from conftest import client as sdk_client
 from faulty_upstream import FaultyUpstream
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 MODEL = "gpt-4o-mini"
 TEXT = "what could possibly go wrong?"

@@ -58,16 +58,16 @@ from hypothesis import HealthCheck, assume, event, example, given, settings
 from hypothesis import strategies as st
 from proxyproc import ProxyProcess
 
-from seedtape.proxy import routing
-from seedtape.proxy.canonical import canonicalize, dumps_canonical, normalize_path
-from seedtape.proxy.endpoints import RECORDABLE
+from seedtape.proxy.dialects.endpoints import RECORDABLE
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
 from seedtape.proxy.headers import is_safe
+from seedtape.proxy.key import routing
+from seedtape.proxy.key.canonical import canonicalize, dumps_canonical, normalize_path
+from seedtape.proxy.key.routing import RoutingError
+from seedtape.proxy.key.seed import SeedPolicy
 from seedtape.proxy.modes import Mode
-from seedtape.proxy.routing import RoutingError
-from seedtape.proxy.seed import SeedPolicy
-from seedtape.proxy.sse import DONE, SSEParser
-from seedtape.proxy.store import Store
+from seedtape.proxy.streams.sse import DONE, SSEParser
+from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
 GOOD_BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "a good request"}]}

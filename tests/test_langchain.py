@@ -36,7 +36,7 @@ import openai
 import pytest
 from conftest import API_KEY, chat, client, wait_for
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 pytest.importorskip("langchain_openai", reason="the LangChain tests need langchain-openai (in the [test] extra)")
 from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage  # noqa: E402

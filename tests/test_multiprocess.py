@@ -35,9 +35,9 @@ import pytest
 from conftest import API_KEY
 from fake_upstream import deterministic_text
 
-from seedtape.proxy import tapefile
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.tapes import tapefile
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 pytestmark = pytest.mark.slow
 
@@ -316,7 +316,7 @@ def test_miss_index_refresh_does_not_pin_objects_that_die_later(tmp_path):
     import gc
     import weakref
 
-    from seedtape.proxy import nearest
+    from seedtape.proxy.explain import nearest
 
     class InFlight:
         pass

@@ -58,7 +58,7 @@ from pathlib import Path
 import pytest
 from fake_upstream import FakeUpstream
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
 

@@ -11,7 +11,7 @@ import openai
 import pytest
 from conftest import API_KEY, async_client, chat, client
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 
 def entries(store: str) -> int:

@@ -18,7 +18,7 @@ import openai
 import pytest
 
 import seedtape
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 SAMPLE = Path(__file__).parent / "sample_project"
 

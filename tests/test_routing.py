@@ -4,8 +4,8 @@ import httpx
 import pytest
 from conftest import chat, client
 
+from seedtape.proxy.key.routing import Overrides, RoutingError, prefix, split
 from seedtape.proxy.modes import Mode
-from seedtape.proxy.routing import Overrides, RoutingError, prefix, split
 
 
 def test_split_and_prefix_round_trip():

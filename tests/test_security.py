@@ -21,7 +21,7 @@ import pytest
 from conftest import chat, client
 
 from seedtape.proxy.headers import is_safe
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 TOKEN = "tok-SEEDTAPE-auth-9c41e7"
 API_KEY = "sk-SECRET-authz-7f3a0c"

@@ -7,8 +7,8 @@ import json
 import pytest
 
 from seedtape.proxy.exchange import Settings, Tapedeck
-from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
-from seedtape.proxy.store import Store
+from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
+from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
 COMPLETIONS = "/v1/completions"

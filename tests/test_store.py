@@ -13,8 +13,8 @@ from pathlib import Path
 import lmdb
 import pytest
 
-from seedtape.proxy.store import SCHEMA_VERSION, Store, StoreError
-from seedtape.proxy.tape import MAGIC, CorruptEntry, TapeEntry, _LEN
+from seedtape.proxy.tapes.entry import _LEN, MAGIC, CorruptEntry, TapeEntry
+from seedtape.proxy.tapes.store import SCHEMA_VERSION, Store, StoreError
 
 
 def make_entry(key: str = "k" * 64, fingerprint: str = "fp_a", body: bytes = b'{"ok": true}', **kw) -> TapeEntry:

@@ -11,7 +11,7 @@ import openai
 import pytest
 from conftest import async_client, client, wait_for
 
-from seedtape.proxy.store import Store
+from seedtape.proxy.tapes.store import Store
 
 MSG = [{"role": "user", "content": "Tell me a story"}]
 

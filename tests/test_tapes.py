@@ -13,10 +13,10 @@ from click.testing import CliRunner
 from conftest import API_KEY, client
 
 from seedtape.cli.main import cli
-from seedtape.proxy import tapefile
-from seedtape.proxy.canonical import canonicalize
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.key.canonical import canonicalize
+from seedtape.proxy.tapes import tapefile
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 T0 = 1_700_000_000.123457  # recorded_at of the first entries; later ones count up from it
 

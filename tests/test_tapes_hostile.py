@@ -26,9 +26,9 @@ from click.testing import CliRunner
 from test_tapes import T0, everything, put, sse_answer
 
 from seedtape.cli.main import cli
-from seedtape.proxy import tapefile
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.tapes import tapefile
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 SECRET = b"OUTSIDE-SECRET-" * 282 + b"!!!!!!!!!!!!"  # 4242 bytes, both must never show
 SECRET_SIZE = str(len(SECRET))

@@ -19,9 +19,9 @@ import httpx
 import pytest
 from conftest import chat, client
 
-from seedtape.proxy.canonical import canonicalize
-from seedtape.proxy.store import Store
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.key.canonical import canonicalize
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
 INJECTED_FP = "fp_a\r\nset-cookie: pwn=1\r\nx-injected: yes"
 CHAT = "/v1/chat/completions"

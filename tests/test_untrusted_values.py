@@ -16,7 +16,7 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from seedtape.proxy import headers, printable, strictjson, wire
-from seedtape.proxy.tape import MAX_FINGERPRINT, fingerprint_problem
+from seedtape.proxy.tapes.entry import MAX_FINGERPRINT, fingerprint_problem
 
 UNSAFE_FOR_TERMINALS = re.compile("[\x00-\x09\x0b-\x1f\x7f-\x9f\ud800-\udfff\u202a-\u202e\u2066-\u2069]")
 

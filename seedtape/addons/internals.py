@@ -25,7 +25,6 @@ from __future__ import annotations
 from collections import deque
 
 import h11
-
 from mitmproxy import ctx, http
 from mitmproxy.net.http import http1
 from mitmproxy.proxy.layers.http import _http1

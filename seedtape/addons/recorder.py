@@ -17,13 +17,15 @@ import httpx
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
-from seedtape.proxy import bodies, divergence, embedder, errors, printable, scrub, unused, wire
-from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy import bodies, errors, printable, wire
+from seedtape.proxy.audit import divergence, embedder
 from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
+from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
 from seedtape.proxy.modes import MODE_NAMES, Mode
-from seedtape.proxy.pacer import Pacer
-from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
-from seedtape.proxy.store import Store, StoreError
+from seedtape.proxy.streams.pacer import Pacer
+from seedtape.proxy.tapes import scrub, unused
+from seedtape.proxy.tapes.store import Store, StoreError
 
 log = logging.getLogger("seedtape")
 log.addFilter(printable.LogEscaper())  # every line: paths and fingerprints come from clients and upstreams

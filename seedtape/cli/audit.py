@@ -14,9 +14,9 @@ import click
 
 from seedtape.cli import htmlreport, output
 from seedtape.cli.inspection import count, last_user_words, open_store, store_option, when
-from seedtape.proxy import audit as core
-from seedtape.proxy.divergence import VERDICTS
-from seedtape.proxy.store import Store, StoreError
+from seedtape.proxy.audit import sampler as core
+from seedtape.proxy.audit.divergence import VERDICTS
+from seedtape.proxy.tapes.store import Store, StoreError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 

@@ -11,9 +11,11 @@ import click
 
 from seedtape.cli import output
 from seedtape.cli.inspection import open_store, resolve, store_option
-from seedtape.proxy import divergence, endpoints, jsondiff, nearest
-from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
-from seedtape.proxy.seed import DEFAULT_SEED, SeedPolicy
+from seedtape.proxy.audit import divergence
+from seedtape.proxy.dialects import endpoints
+from seedtape.proxy.explain import jsondiff, nearest
+from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
+from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
 
 _KEYLIKE = re.compile(r"^[0-9a-f]{4,64}$")
 

@@ -10,7 +10,7 @@ import json
 from html import escape
 
 from seedtape.cli.inspection import when
-from seedtape.proxy.audit import AuditReport
+from seedtape.proxy.audit.sampler import AuditReport
 
 _COLORS = {"match": "#2e7d32", "fingerprint-only": "#1565c0", "nondeterminism": "#ef6c00", "drift": "#c62828"}
 

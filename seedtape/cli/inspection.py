@@ -9,10 +9,10 @@ from datetime import datetime, timezone
 import click
 
 from seedtape.cli import output
-from seedtape.proxy import sse
 from seedtape.proxy.printable import escape
-from seedtape.proxy.store import Store, StoreError
-from seedtape.proxy.tape import TapeEntry
+from seedtape.proxy.streams import sse
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store, StoreError
 
 store_option = click.option(
     "--store", default=".seedtape", show_default=True, envvar="SEEDTAPE_STORE",

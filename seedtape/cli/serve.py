@@ -14,9 +14,9 @@ import sys
 import click
 
 from seedtape.proxy import wire
-from seedtape.proxy.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS
+from seedtape.proxy.key.seed import DEFAULT_SEED
 from seedtape.proxy.modes import MODE_NAMES
-from seedtape.proxy.seed import DEFAULT_SEED
 
 
 def build_master(options: dict):
@@ -127,7 +127,7 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
     upstream = upstream.rstrip("/")
     if not upstream.startswith(("http://", "https://")):
         raise click.BadParameter(f"{upstream!r} must start with http:// or https://", param_hint="--upstream")
-    from seedtape.proxy import scrub
+    from seedtape.proxy.tapes import scrub
 
     for f in redact_field:
         try:
@@ -171,8 +171,9 @@ def serve(upstream, host, port, store, mode, seed, no_seed_injection, fingerprin
     try:
         asyncio.run(_run(options))
     except Exception as e:  # a store error or bad option at start: one clear line, not a traceback
-        from seedtape.proxy.store import StoreError
         from mitmproxy.exceptions import OptionsError
+
+        from seedtape.proxy.tapes.store import StoreError
 
         if isinstance(e, (StoreError, OptionsError)):
             click.echo(f"seedtape: {e}", err=True)

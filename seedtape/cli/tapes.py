@@ -9,9 +9,9 @@ import click
 from seedtape.cli import output
 from seedtape.cli.audit import parse_age
 from seedtape.cli.inspection import count, open_store, store_option, when
-from seedtape.proxy import prune as pruning
-from seedtape.proxy import scrub, tapefile, unused
-from seedtape.proxy.store import Store, StoreError
+from seedtape.proxy.tapes import prune as pruning
+from seedtape.proxy.tapes import scrub, tapefile, unused
+from seedtape.proxy.tapes.store import Store, StoreError
 
 
 def _field_paths(ctx: click.Context, param: click.Parameter, values: tuple[str, ...]) -> tuple[scrub.FieldPath, ...]:

@@ -12,15 +12,20 @@ import json
 import time
 from dataclasses import dataclass, field
 
-from . import convert, divergence, endpoints, errors, nearest, routing, scrub, strictjson, wire
-from .canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
-from .endpoints import Endpoint
-from .modes import Mode
-from .seed import SeedPolicy
-from .store import Store
-from .streams import StreamTape
-from .tape import NO_FINGERPRINT, TapeEntry, fingerprint_of, fingerprint_problem, recordable_status
-from .headers import CREDENTIAL_HEADERS, safe_headers
+from seedtape.proxy import errors, strictjson, wire
+from seedtape.proxy.audit import divergence
+from seedtape.proxy.dialects import convert, endpoints
+from seedtape.proxy.dialects.endpoints import Endpoint
+from seedtape.proxy.explain import nearest
+from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
+from seedtape.proxy.key import routing
+from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize, normalize_path
+from seedtape.proxy.key.seed import SeedPolicy
+from seedtape.proxy.modes import Mode
+from seedtape.proxy.streams.streamtape import StreamTape
+from seedtape.proxy.tapes import scrub
+from seedtape.proxy.tapes.entry import NO_FINGERPRINT, TapeEntry, fingerprint_of, fingerprint_problem, recordable_status
+from seedtape.proxy.tapes.store import Store
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from .headers import SECRET_HEADERS
+from seedtape.proxy.headers import SECRET_HEADERS
 
 SCRUBBED = "[scrubbed]"
 WHERE = ("request", "response")

@@ -18,10 +18,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from . import jsondiff
-from .canonical import CanonicalRequest
-from .printable import escape
-from .store import Store
+from seedtape.proxy.explain import jsondiff
+from seedtape.proxy.key.canonical import CanonicalRequest
+from seedtape.proxy.printable import escape
+from seedtape.proxy.tapes.store import Store
 
 MAX_NEAREST = 3
 _WORDS = re.compile(r"\w+")

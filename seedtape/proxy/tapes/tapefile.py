@@ -71,14 +71,16 @@ from decimal import ROUND_FLOOR, Decimal
 from itertools import groupby
 from pathlib import Path
 
-from . import endpoints, scrub, strictjson
-from .canonical import dumps_canonical
-from .headers import refusal
-from .printable import escape
-from .scrub import SCRUBBED, FieldPath
-from .store import Store
-from .streams import StreamTape
-from .tape import TapeEntry, fingerprint_problem
+from seedtape.proxy import strictjson
+from seedtape.proxy.dialects import endpoints
+from seedtape.proxy.headers import refusal
+from seedtape.proxy.key.canonical import dumps_canonical
+from seedtape.proxy.printable import escape
+from seedtape.proxy.streams.streamtape import StreamTape
+from seedtape.proxy.tapes import scrub
+from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_problem
+from seedtape.proxy.tapes.scrub import SCRUBBED, FieldPath
+from seedtape.proxy.tapes.store import Store
 
 FORMAT = "seedtape-tapes"
 VERSION = 1

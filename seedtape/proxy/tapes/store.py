@@ -24,7 +24,7 @@ from typing import TypeVar
 
 import lmdb
 
-from .tape import TapeEntry
+from seedtape.proxy.tapes.entry import TapeEntry
 
 SCHEMA_VERSION = 1
 DEFAULT_MAP_SIZE = 256 * 1024 * 1024

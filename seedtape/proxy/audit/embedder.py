@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import httpx
 
-from .divergence import cosine_distance
+from seedtape.proxy.audit.divergence import cosine_distance
 
 
 async def embed(client: httpx.AsyncClient, upstream: str, model: str, texts: list[str],

@@ -19,9 +19,9 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 
-from . import divergence, embedder
-from .store import Store
-from .tape import TapeEntry, fingerprint_of
+from seedtape.proxy.audit import divergence, embedder
+from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_of
+from seedtape.proxy.tapes.store import Store
 
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
 

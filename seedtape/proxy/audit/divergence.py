@@ -18,8 +18,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from . import convert, jsondiff
-from .sse import DONE, parse
+from seedtape.proxy.dialects import convert
+from seedtape.proxy.explain import jsondiff
+from seedtape.proxy.streams.sse import DONE, parse
 
 VERDICTS = ("match", "nondeterminism", "drift", "fingerprint-only")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)

@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from urllib.parse import quote, unquote
 
-from .modes import Mode
+from seedtape.proxy.modes import Mode
 
 PREFIX = "/_seedtape/"
 _KNOWN = ("mode", "ns")

@@ -11,7 +11,7 @@ import re
 import struct
 from dataclasses import asdict, dataclass, field
 
-from .sse import DONE, parse
+from seedtape.proxy.streams.sse import DONE, parse
 
 MAGIC = b"ST1"
 _LEN = struct.Struct(">I")

@@ -10,7 +10,7 @@ from __future__ import annotations
 import json
 import time
 
-from .sse import DONE, SSEParser
+from seedtape.proxy.streams.sse import DONE, SSEParser
 
 
 class StreamTape:

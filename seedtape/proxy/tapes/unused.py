@@ -14,7 +14,7 @@ import json
 import os
 import time
 
-from .store import Store
+from seedtape.proxy.tapes.store import Store
 
 FORMAT = "seedtape-unused"
 

@@ -12,7 +12,7 @@ import asyncio
 import secrets
 from http import HTTPStatus
 
-from .exchange import Reply
+from seedtape.proxy.exchange import Reply
 
 
 class Pacer:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 
-from .sse import DONE, Event, render
+from seedtape.proxy.streams.sse import DONE, Event, render
 
 _META = ("id", "created", "model", "system_fingerprint", "service_tier")
 

@@ -1,0 +1,1 @@
+"""Drift audit: divergence verdicts, similarity, the audit sampler, embeddings."""

@@ -1,0 +1,1 @@
+"""API dialects: what each API surface means (paths, seeds, streams, outputs)."""

@@ -1,0 +1,1 @@
+"""Explained misses and diffs: the nearest recordings and what differs."""

@@ -1,0 +1,1 @@
+"""The request key: what a request means, minus what must not split or leak a key."""

@@ -1,0 +1,1 @@
+"""Event streams: parsing, taping a live stream, pacing a replayed one."""

@@ -1,0 +1,1 @@
+"""The store and its tapes: LMDB entries, export/import, prune, unused reports."""
