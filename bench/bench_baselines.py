@@ -70,8 +70,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_replay  # noqa: E402
-from bench_replay import (  # noqa: E402
+import bench_replay
+from bench_replay import (
     API_KEY,
     ROOT,
     SDK_WARMUP_CALLS,
@@ -128,7 +128,7 @@ def use_cassette(path: str, record: bool):
     base = ("method", "scheme", "host", "port", "path", "query")
     # Recording: a fresh cassette never plays back, and matching without the body keeps recording
     # linear (VCR.py looks for a match before every request). Replaying: the body decides.
-    return vcr.VCR(record_mode="once" if record else "none", match_on=base if record else base + ("body",),
+    return vcr.VCR(record_mode="once" if record else "none", match_on=base if record else (*base, "body"),
                    filter_headers=["authorization"]).use_cassette(path, allow_playback_repeats=not record)
 
 

@@ -32,13 +32,12 @@ import httpx
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
-from seedtape.api import Proxy  # noqa: E402
-from seedtape.proxy.key.canonical import canonicalize  # noqa: E402
-from seedtape.proxy.tapes.entry import TapeEntry  # noqa: E402
-from seedtape.proxy.tapes.store import Store  # noqa: E402
+from seedtape.api import Proxy
+from seedtape.proxy.key.canonical import canonicalize
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.store import Store
 
-WORDS = ("weather paris tomorrow summary article cats dogs pasta recipe python code review bug fix plan trip "
-         "budget email draft poem sonnet story robot ocean mountain history science physics chemistry").split()
+WORDS = ["weather", "paris", "tomorrow", "summary", "article", "cats", "dogs", "pasta", "recipe", "python", "code", "review", "bug", "fix", "plan", "trip", "budget", "email", "draft", "poem", "sonnet", "story", "robot", "ocean", "mountain", "history", "science", "physics", "chemistry"]
 MODELS = ("gpt-4o", "gpt-4o-mini", "gpt-4.1")
 
 

@@ -36,8 +36,8 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import bench_replay  # noqa: E402
-from bench_replay import (  # noqa: E402
+import bench_replay
+from bench_replay import (
     API_KEY,
     EXCHANGE_ERRORS,
     MODEL,

@@ -211,12 +211,12 @@ def upstream_role() -> None:
 class Server:
     """A server child whose output goes to a log file; ready once it prints its URL."""
 
-    def __init__(self, name: str, cmd: list[str], logdir: Path, timeout: float = 30.0):
+    def __init__(self, name: str, cmd: list[str], logdir: Path, timeout: float = 30.0, env: dict | None = None):
         self.name = name
         self.log = logdir / f"{re.sub(r'[^a-z0-9]+', '-', name.lower())}.log"
         with open(self.log, "w") as out:
             self.proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+                                         cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})})
         try:
             deadline = time.monotonic() + timeout
             while not (m := READY.search(self.log.read_text())):
@@ -366,6 +366,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--targets", default=",".join(TARGETS),
                    help=f"comma-separated subset of {','.join(TARGETS)} (default: all)")
     # internal: the load generator and SDK client run in their own processes
+    p.add_argument("--baseline-tree", metavar="DIR",
+                   help="also replay with the seedtape of another checkout (before/after a change, in one run)")
     p.add_argument("--role", choices=("load", "sdk", "upstream"), help=argparse.SUPPRESS)
     p.add_argument("--url", help=argparse.SUPPRESS)
     p.add_argument("--bodies", help=argparse.SUPPRESS)
@@ -382,8 +384,8 @@ def parse_args() -> argparse.Namespace:
 
 
 def bench(a: argparse.Namespace, tmp: Path, servers: list[Server]) -> None:
-    def start(name: str, cmd: list[str]) -> Server:
-        servers.append(Server(name, cmd, tmp))
+    def start(name: str, cmd: list[str], env: dict | None = None) -> Server:
+        servers.append(Server(name, cmd, tmp, env=env))
         return servers[-1]
 
     bodies = chat_bodies(a.prompts)
@@ -399,6 +401,9 @@ def bench(a: argparse.Namespace, tmp: Path, servers: list[Server]) -> None:
     if "seedtape" in a.targets:
         targets.append(Target("seedtape replay", start("seedtape replay", seedtape_cmd(*replay, "--quiet")),
                               "seedtape-status=hit"))
+    if a.baseline_tree:  # another checkout of seedtape (e.g. `git worktree add /tmp/before HEAD~5`), same run
+        targets.append(Target("seedtape replay, baseline", start("seedtape replay baseline", seedtape_cmd(
+            *replay, "--quiet"), env={"PYTHONPATH": str(Path(a.baseline_tree).resolve())}), "seedtape-status=hit"))
     if "seedtape-log" in a.targets:
         targets.append(Target("seedtape replay, logging", start("seedtape replay logging", seedtape_cmd(*replay)),
                               "seedtape-status=hit"))

@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import itertools
 import json
 import re
 import statistics
@@ -44,7 +45,7 @@ from pathlib import Path
 from urllib.parse import urlsplit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, ratio, run_bench, seedtape_cmd  # noqa: E402
+from bench_replay import API_KEY, MODEL, ROOT, Server, percentiles, ratio, run_bench, seedtape_cmd
 
 CONTENT_LENGTH = re.compile(rb"\r\ncontent-length:[ \t]*(\d+)", re.I)
 CHUNKED = re.compile(rb"\r\ntransfer-encoding:[ \t]*chunked", re.I)
@@ -162,7 +163,7 @@ async def load_worker(a: argparse.Namespace) -> dict:
                 state["error"] = state["error"] or why
                 continue
             at = sink.content_at
-            gaps = [y - x for x, y in zip(at, at[1:])]
+            gaps = [y - x for x, y in itertools.pairwise(at)]
             results.append({"ttfc": at[0], "total": total, "events": sink.events,
                             "gap": statistics.median(gaps) if gaps else 0.0})
         if writer is not None:

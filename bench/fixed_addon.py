@@ -2,7 +2,7 @@
 
 Two ways to run it, both printing ``OPENAI_BASE_URL=http://HOST:PORT/v1`` when ready:
 
-- lean, the way `seedtape serve` runs (the same Master and addons as seedtape.cli.serve.build_master,
+- lean, the way `seedtape serve` runs (the same Master and addons as seedtape.addons.internals.build_master,
   with this addon in seedtape's place)::
 
       python bench/fixed_addon.py --response RESPONSE.json --port 0
@@ -51,15 +51,9 @@ addons = [FixedResponse()]
 
 
 async def _run_lean(options: dict) -> None:
-    from mitmproxy import master
-    from mitmproxy import options as mopts
-    from mitmproxy.addons import core, errorcheck, next_layer, proxyserver, tlsconfig
+    from seedtape.addons.internals import build_master  # the Master `seedtape serve` runs
 
-    opts = mopts.Options()
-    m = master.Master(opts, with_termlog=True)
-    m.addons.add(core.Core(), proxyserver.Proxyserver(), next_layer.NextLayer(), tlsconfig.TlsConfig(),
-                 errorcheck.ErrorCheck(repeat_errors_on_stderr=True), FixedResponse())
-    opts.update(connection_strategy="lazy", termlog_verbosity="warn", **options)
+    m = build_master(dict(connection_strategy="lazy", termlog_verbosity="warn", **options), FixedResponse())
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, m.shutdown)

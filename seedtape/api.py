@@ -32,9 +32,16 @@ class Proxy:
 
     def __init__(self, args: Sequence[str], env: dict | None = None, timeout: float = 30.0):
         cmd = [sys.executable, "-m", "seedtape", "serve", "--port", "0", *args]
-        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                     env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})}, text=True, bufsize=1,
-                                     errors="backslashreplace")  # a raw byte in a logged path must not stop the reader
+        self.proc = subprocess.Popen(
+            cmd,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**os.environ, "PYTHONUNBUFFERED": "1", **(env or {})},
+            text=True,
+            bufsize=1,
+            errors="backslashreplace",
+        )  # a raw byte in a logged path must not stop the reader
         self.lines: list[str] = []
         self.base_url = ""
         self.store = ""
@@ -119,8 +126,11 @@ def serve(
             with Store(store_path) as st:
                 tapefile.import_(st, tapes)
         elif tapes is not None and mode == "replay":
-            warnings.warn(f"seedtape: no tapes directory at {Path(tapes).resolve()}: in {mode} mode every request "
-                          "will miss (record first in mode auto, or check the path)", stacklevel=3)
+            warnings.warn(
+                f"seedtape: no tapes directory at {Path(tapes).resolve()}: in {mode} mode every request "
+                "will miss (record first in mode auto, or check the path)",
+                stacklevel=3,
+            )
         cmd = ["--mode", mode, "--store", store_path, *(["--upstream", upstream] if upstream else []), *args]
         proxy = Proxy(cmd, env=env)
         proxy.store = store_path

@@ -25,22 +25,41 @@ _DUMMY_KEY = "sk-seedtape-replay-no-key-needed"
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("seedtape", "seedtape: record and replay OpenAI calls")
-    group.addoption("--seedtape-mode", choices=MODE_NAMES, default=None,
-                    help="auto (replay hits, record misses), replay (offline; a miss fails the test), record, "
-                         "audit or passthrough. Default: replay when the CI environment variable is set, else auto.")
-    group.addoption("--seedtape-tapes", default=None, metavar="PATH",
-                    help="Directory of tapes (seedtape export format) to replay from and record into. "
-                         "Default: the seedtape_tapes ini value, else <rootdir>/tapes.")
-    group.addoption("--seedtape-upstream", default=None, metavar="URL",
-                    help="API to record from (default: $SEEDTAPE_UPSTREAM or https://api.openai.com).")
-    group.addoption("--seedtape-strict", action="store_true", default=False,
-                    help="Fail the session when a recording in the tapes was used by no test (run the whole suite).")
+    group.addoption(
+        "--seedtape-mode",
+        choices=MODE_NAMES,
+        default=None,
+        help="auto (replay hits, record misses), replay (offline; a miss fails the test), record, "
+        "audit or passthrough. Default: replay when the CI environment variable is set, else auto.",
+    )
+    group.addoption(
+        "--seedtape-tapes",
+        default=None,
+        metavar="PATH",
+        help="Directory of tapes (seedtape export format) to replay from and record into. "
+        "Default: the seedtape_tapes ini value, else <rootdir>/tapes.",
+    )
+    group.addoption(
+        "--seedtape-upstream",
+        default=None,
+        metavar="URL",
+        help="API to record from (default: $SEEDTAPE_UPSTREAM or https://api.openai.com).",
+    )
+    group.addoption(
+        "--seedtape-strict",
+        action="store_true",
+        default=False,
+        help="Fail the session when a recording in the tapes was used by no test (run the whole suite).",
+    )
     parser.addini("seedtape_tapes", "Directory of seedtape tapes, relative to the rootdir.", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
-    config.addinivalue_line("markers", "seedtape(mode=None, namespace=None): route this test's OpenAI calls "
-                                       "through seedtape, optionally in another mode or namespace.")
+    config.addinivalue_line(
+        "markers",
+        "seedtape(mode=None, namespace=None): route this test's OpenAI calls "
+        "through seedtape, optionally in another mode or namespace.",
+    )
 
 
 def _mode(config: pytest.Config) -> str:
@@ -63,8 +82,10 @@ def seedtape_proxy(pytestconfig: pytest.Config):
     from seedtape.api import serve
 
     mode = _mode(pytestconfig)
-    hint = ("To record it, run this test again with --seedtape-mode=auto (network access and OPENAI_API_KEY "
-            "needed): the new recording is written to the tapes directory; commit it.")
+    hint = (
+        "To record it, run this test again with --seedtape-mode=auto (network access and OPENAI_API_KEY "
+        "needed): the new recording is written to the tapes directory; commit it."
+    )
     args = ["--miss-hint", hint]
     report = None
     if pytestconfig.getoption("--seedtape-strict"):
@@ -98,7 +119,7 @@ def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 
 _watch = pytest.StashKey[tuple]()
-_unused = pytest.StashKey[list]()
+_unused = pytest.StashKey[tuple[list[dict], Path, Path]]()  # (unused entries, report file, tapes directory)
 
 
 def _read_unused(report: Path) -> list:
@@ -107,7 +128,9 @@ def _read_unused(report: Path) -> list:
     try:
         return json.loads(report.read_text())["unused"]
     except (OSError, ValueError, KeyError) as e:
-        return [{"key": "?", "fingerprint": "?", "path": f"the unused report could not be read: {e}", "model": "", "namespace": ""}]
+        return [
+            {"key": "?", "fingerprint": "?", "path": f"the unused report could not be read: {e}", "model": "", "namespace": ""}
+        ]
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -130,8 +153,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         ns = f" ns={e['namespace']}" if e.get("namespace") else ""
         tr.write_line(f"{e['key'][:12]} {e['fingerprint']} {e.get('model', '')} {e.get('path', '')}{ns}")
     tr.write_line(f"{len(unused)} unused (listed in {report}); reported, never deleted. To remove them:")
-    tr.write_line(f'  s="$(mktemp -d)" && seedtape import {tapes} --store "$s" && seedtape prune --store "$s" '
-                  f'--unused-in {report} && seedtape export {tapes} --store "$s"; rm -rf "$s"')
+    tr.write_line(
+        f'  s="$(mktemp -d)" && seedtape import {tapes} --store "$s" && seedtape prune --store "$s" '
+        f'--unused-in {report} && seedtape export {tapes} --store "$s"; rm -rf "$s"'
+    )
 
 
 @pytest.hookimpl(wrapper=True)

@@ -14,7 +14,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from seedtape.proxy.exchange import Settings, Tapedeck
+from seedtape.proxy.deck import Tapedeck
 from seedtape.proxy.key import canonical
 from seedtape.proxy.key.canonical import (
     ALWAYS_IGNORED_FIELDS,
@@ -23,6 +23,7 @@ from seedtape.proxy.key.canonical import (
     canonicalize,
     normalize_path,
 )
+from seedtape.proxy.options import Settings
 from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"
@@ -141,7 +142,7 @@ def test_empty_ignore_list_makes_every_field_count(store):
     ],
 )
 def test_stream_and_stream_options_never_count(store, ignored, extra):
-    assert ALWAYS_IGNORED_FIELDS == {"stream", "stream_options"}
+    assert {"stream", "stream_options"} == ALWAYS_IGNORED_FIELDS
     d = Tapedeck(store, Settings(ignored_fields=ignored))
     assert key_of(d, {**BASE, **extra}) == key_of(d, BASE)
 
@@ -349,9 +350,9 @@ def dumps_randomly(value: object, rng: random.Random) -> bytes:
 
 def leaf_paths(value: object, path: tuple = ()) -> list[tuple]:
     if isinstance(value, dict) and value:
-        return [p for k, v in value.items() for p in leaf_paths(v, path + (k,))]
+        return [p for k, v in value.items() for p in leaf_paths(v, (*path, k))]
     if isinstance(value, list) and value:
-        return [p for i, v in enumerate(value) for p in leaf_paths(v, path + (i,))]
+        return [p for i, v in enumerate(value) for p in leaf_paths(v, (*path, i))]
     return [path]
 
 

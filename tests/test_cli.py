@@ -18,8 +18,9 @@ from click.testing import CliRunner
 from conftest import API_KEY, chat
 
 from seedtape.cli.main import cli
-from seedtape.proxy.exchange import Settings, Tapedeck
+from seedtape.proxy.deck import Tapedeck
 from seedtape.proxy.modes import Mode
+from seedtape.proxy.options import Settings
 from seedtape.proxy.tapes.entry import TapeEntry
 from seedtape.proxy.tapes.store import Store
 

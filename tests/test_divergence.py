@@ -16,7 +16,7 @@ from seedtape.proxy.audit.divergence import (
     outputs,
     tokens,
 )
-from seedtape.proxy.dialects import convert
+from seedtape.proxy.dialects import CHAT
 
 
 def completion(content="hello there", fp="fp_a", finish="stop", **extra) -> bytes:
@@ -40,14 +40,14 @@ def test_content_finish_reason_refusal_and_tool_arguments_are_compared():
     base = outputs("chat.completions", "json", completion())
     assert outputs("chat.completions", "json", completion(content="hello world")) != base
     assert outputs("chat.completions", "json", completion(finish="length")) != base
-    call = lambda args: [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]  # noqa: E731
+    call = lambda args: [{"id": "c", "type": "function", "function": {"name": "f", "arguments": args}}]
     assert (outputs("chat.completions", "json", completion(tool_calls=call('{"a":1}')))
             != outputs("chat.completions", "json", completion(tool_calls=call('{"a":2}'))))
 
 
 def test_stream_and_json_of_the_same_answer_compare_equal():
     body = completion(content="one two three")
-    stream = convert.to_stream("chat.completions", json.loads(body), include_usage=True)
+    stream = CHAT.to_stream(body, include_usage=True)
     assert outputs("chat.completions", "sse", stream) == outputs("chat.completions", "json", body)
 
 

@@ -6,9 +6,10 @@ import json
 
 import pytest
 
-from seedtape.proxy.exchange import Settings, Tapedeck
+from seedtape.proxy.deck import Tapedeck
+from seedtape.proxy.dialects import NO_FINGERPRINT
 from seedtape.proxy.modes import Mode
-from seedtape.proxy.tapes.entry import NO_FINGERPRINT
+from seedtape.proxy.options import Settings
 from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"

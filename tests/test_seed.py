@@ -6,8 +6,9 @@ import json
 
 import pytest
 
-from seedtape.proxy.exchange import Settings, Tapedeck
+from seedtape.proxy.deck import Tapedeck
 from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
+from seedtape.proxy.options import Settings
 from seedtape.proxy.tapes.store import Store
 
 CHAT = "/v1/chat/completions"

@@ -289,7 +289,7 @@ def _writer(path: str, writer: int, barrier) -> None:
                 st.put(make_entry(sha(f"{writer}/{i}"), f"fp_w{writer}", _body(writer, i), model=f"w{writer}"))
     except BaseException:
         traceback.print_exc()
-        raise SystemExit(1)
+        raise SystemExit(1) from None
 
 
 def _grow(path: str, tag: str, megabytes: int) -> None:
@@ -438,3 +438,13 @@ def test_tape_entry_with_lone_surrogate_in_request_round_trips():
     """"\\ud800" is valid JSON but not UTF-8: the header must still encode."""
     entry = make_entry(request={"body": {"input": "\ud800"}})
     assert TapeEntry.decode(entry.encode()) == entry
+
+
+def test_a_recording_committed_late_never_has_a_first_time_after_its_own(store):
+    """Two processes record one key at once: the one stamped earlier may commit second (found by the
+    three-proxy test: its export then failed import's check that first_recorded_at <= recorded_at)."""
+    key = sha("race")
+    store.put(make_entry(key, "fp_a", b"later", recorded_at=200.0))
+    got = store.put(make_entry(key, "fp_a", b"earlier", recorded_at=150.0))
+    assert got.first_recorded_at == 150.0 <= got.recorded_at
+    assert store.get(key, "fp_a").times_recorded == 2

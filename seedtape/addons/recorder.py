@@ -1,5 +1,7 @@
 """The seedtape mitmproxy addon: translates flows into Tapedeck calls.
 
+It reads exchanges and reports what happened to them (the core decides every
+status); the one module that touches mitmproxy internals is internals.py.
 Loadable on its own:  mitmdump --mode reverse:https://api.openai.com \\
     -s seedtape/addons/recorder.py --set seedtape_mode=replay
 """
@@ -9,22 +11,18 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-import time
 from collections.abc import Sequence
-from typing import Optional
+from typing import Any, Optional
 
-import httpx
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
-from seedtape.proxy import bodies, errors, printable, wire
-from seedtape.proxy.audit import divergence, embedder
-from seedtape.proxy.exchange import Exchange, Settings, Tapedeck
-from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS
-from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
-from seedtape.proxy.modes import MODE_NAMES, Mode
+from seedtape.proxy import bodies, errors, options, printable, wire
+from seedtape.proxy.deck import Tapedeck
+from seedtape.proxy.exchange import Exchange, Status
+from seedtape.proxy.headers import CREDENTIAL_HEADERS
 from seedtape.proxy.streams.pacer import Pacer
-from seedtape.proxy.tapes import scrub, unused
+from seedtape.proxy.tapes import unused
 from seedtape.proxy.tapes.store import Store, StoreError
 
 log = logging.getLogger("seedtape")
@@ -34,6 +32,9 @@ OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must n
 EXCHANGE = "seedtape_exchange"
 TIMER = "seedtape_timer"  # flow.metadata: the upstream timeout's handle
 PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be recorded
+
+_MITM_TYPES: dict[type, Any] = {str: str, int: str, float: str, bool: bool, list: Sequence[str]}  # see Option.to_text
+_STORE_OPTIONS = {"seedtape_store", "seedtape_map_size"}
 
 
 def upstream_of(modes: Sequence[str]) -> str:
@@ -48,82 +49,91 @@ def make_response(status: int, headers: list[tuple[str, str]], body: bytes) -> h
     return http.Response.make(status, body, [(k.encode(), wire.header_value(v).encode()) for k, v in headers])
 
 
+def _credentials(flow: http.HTTPFlow) -> dict[str, str]:
+    """The client's own credential headers, for an embeddings call made on its behalf (never stored)."""
+    return {k: v for k, v in flow.request.headers.items() if k.lower() in CREDENTIAL_HEADERS}
+
+
 class Seedtape:
-    def __init__(self) -> None:
+    def __init__(self, *, report_errors: bool = True) -> None:
+        """``report_errors``: log a bad start-up value (mitmdump ends its start on it); `seedtape serve`
+        passes False and reports ``refusal`` itself, in one line."""
+        self.report_errors = report_errors
         self.deck: Tapedeck | None = None
         self.store: Store | None = None
         self.pacer: Pacer | None = None
+        self._pending: set[asyncio.Task] = set()
+        self.refusal = ""  # a bad option at start-up: every request is refused with it
+        self.values: dict[str, Any] = {}  # the option values by name, parsed and checked
+
+    def _deck(self) -> Tapedeck:
+        """The deck, for the flow hooks: they act only on flows requestheaders let through, which needs one.
+
+        A method, not a property: mitmproxy reads every attribute of an addon when it loads it."""
+        if self.deck is None:
+            raise RuntimeError("seedtape is not configured")
+        return self.deck
 
     def load(self, loader) -> None:
-        loader.add_option("seedtape_store", str, ".seedtape", "Directory of the LMDB tape store.")
-        loader.add_option(
-            "seedtape_mode", str, Mode.AUTO.value, "auto: replay hits, record misses; replay: offline only; "
-            "record: always live, store; passthrough: forward untouched.", choices=MODE_NAMES
-        )
-        loader.add_option("seedtape_seed", int, DEFAULT_SEED, "Seed injected into requests that carry none.")
-        loader.add_option("seedtape_seed_injection", bool, True, "Inject seedtape_seed into seedable requests.")
-        loader.add_option("seedtape_fingerprint", Optional[str], None, "Pin replay to one system_fingerprint.")
-        loader.add_option(
-            "seedtape_ignore_field", Sequence[str], list(DEFAULT_IGNORED_FIELDS),
-            "Top-level request fields that do not enter the request key.",
-        )
-        loader.add_option("seedtape_embedding_model", Optional[str], None,
-                          "Also compare live and recorded outputs by the cosine distance of their embeddings.")
-        loader.add_option("seedtape_miss_hint", str, "", "Text that tells the user how to record a replay miss.")
-        loader.add_option("seedtape_replay_pace", float, 0.0,
-                          "Replay streams with their recorded gaps times this factor (0: send at once).")
-        loader.add_option("seedtape_upstream_timeout", float, 600.0,
-                          "Seconds to wait for the upstream's headers, and between streamed events (0: no limit).")
-        loader.add_option("seedtape_max_body", int, 64 * 1024 * 1024, "Largest request body accepted, in bytes.")
-        loader.add_option("seedtape_auth_token", str, "", "Token clients must send in the seedtape-token header.")
-        loader.add_option("seedtape_redact_header", Sequence[str], [], "Response headers never stored (beyond the built-in rules).")
-        loader.add_option("seedtape_redact_field", Sequence[str], [],
-                          "Fields stored as [scrubbed]: request.STEPS or response.STEPS (dotted; * matches all).")
-        loader.add_option("seedtape_key_by_credential", bool, False,
-                          "A salted hash of the client's API key enters the request key (separates teams).")
-        loader.add_option("seedtape_credential_salt", str, "",
-                          "Salt for seedtape_key_by_credential, shared so tapes replay in other stores.")
-        loader.add_option("seedtape_report_unused", str, "",
-                          "On exit, write the recordings no request used in this run to this JSON file.")
-        loader.add_option("seedtape_map_size", int, 256 * 1024 * 1024, "Initial LMDB map size in bytes; it grows as needed.")
+        internals.install()
+        for o in options.offered("mitmproxy"):
+            kind = Optional[str] if o.optional else _MITM_TYPES[o.kind]  # noqa: UP045 - mitmproxy's own spelling
+            loader.add_option(o.mitmproxy_name, kind, o.to_text(o.default), o.help, choices=o.choices)
 
     def configure(self, updated: set[str]) -> None:
-        if "seedtape_store" in updated or "seedtape_map_size" in updated or self.store is None:
-            if self.store is not None:
-                self.store.close()
+        """React to what changed. A bad value is one line naming the option and what is allowed: an
+        OptionsError (mitmproxy rolls the change back), or at start-up under mitmdump, where mitmproxy would
+        print that with a traceback, an error log line that ends the start (and every request is refused)."""
+        values, problems = {}, []
+        for o in options.offered("mitmproxy"):
             try:
-                self.store = Store(ctx.options.seedtape_store, map_size=ctx.options.seedtape_map_size)
-            except StoreError as e:  # mitmproxy reports OptionsError as a plain startup error
-                raise exceptions.OptionsError(str(e)) from None
-        upstream = upstream_of(ctx.options.mode)
-        internals.install(upstream, ctx.options.seedtape_max_body)
-        self.deck = Tapedeck(
-            self.store,
-            Settings(
-                mode=Mode(ctx.options.seedtape_mode),
-                seed=SeedPolicy(ctx.options.seedtape_seed, ctx.options.seedtape_seed_injection),
-                ignored_fields=frozenset(ctx.options.seedtape_ignore_field),
-                fingerprint=ctx.options.seedtape_fingerprint or None,
-                upstream=upstream,
-                replay_pace=max(0.0, ctx.options.seedtape_replay_pace),
-                embedding_model=ctx.options.seedtape_embedding_model or None,
-                miss_hint=ctx.options.seedtape_miss_hint,
-                redact_headers=frozenset(h.lower() for h in ctx.options.seedtape_redact_header),
-                redact_fields=tuple(scrub.parse_field(f) for f in ctx.options.seedtape_redact_field),
-                key_by_credential=ctx.options.seedtape_key_by_credential,
-                credential_salt=ctx.options.seedtape_credential_salt,
-            ),
-        )
-        if "listen_host" in ctx.options and not wire.is_loopback(ctx.options.listen_host) \
-                and not ctx.options.seedtape_auth_token:  # mitmdump listens on every interface by default
+                values[o.name] = o.from_text(getattr(ctx.options, o.mitmproxy_name))
+                if o.mitmproxy_name in updated:
+                    o.validate(values[o.name])
+            except ValueError as e:
+                problems.append(f"seedtape: {o.mitmproxy_name}: {e}")
+        if problems:
+            self._refuse_options("; ".join(problems))
+            return
+        self.refusal, self.values = "", values
+        if (
+            "listen_host" in ctx.options and not wire.is_loopback(ctx.options.listen_host) and not ctx.options.seedtape_auth_token
+        ):  # mitmdump listens on every interface by default
             raise exceptions.OptionsError(
                 f"seedtape: listening on {ctx.options.listen_host or 'every interface'} would let other machines use "
-                "this proxy and its store: add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN")
+                "this proxy and its store: add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN"
+            )
+        if self.store is None or updated & _STORE_OPTIONS:  # (built by serve with the real values deferred)
+            try:
+                store = Store(values["store"], map_size=values["map_size"])
+            except StoreError as e:
+                self._refuse_options(str(e))
+                return
+            if self.store is not None:
+                self.store.close()
+            self.store, self.deck = store, None  # a new store: a new deck (its miss index and use are the store's)
+        upstream = upstream_of(ctx.options.mode)
+        internals.configure(upstream, values["max_body"])
+        settings = options.settings(values, upstream)
+        if self.deck is None:
+            self.deck = Tapedeck(self.store, settings)
+        elif self.deck.settings != settings:
+            self.deck.reconfigure(settings)
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
             # Eager connects break offline replay and drop clients when the upstream is down.
             ctx.options.connection_strategy = "lazy"
 
+    def _refuse_options(self, why: str) -> None:
+        """A bad value: rolled back when it changes a running proxy; at start-up, refused (see __init__)."""
+        if self.deck is not None:
+            raise exceptions.OptionsError(why)
+        self.refusal = why
+        if self.report_errors:
+            log.error(why)
+
     async def running(self) -> None:
+        if self.deck is None:
+            return  # refused at start-up (the error line says why)
         self.pacer = await Pacer().start()
         ps = ctx.master.addons.get("proxyserver")
         addrs = ps.listen_addrs() if ps else []
@@ -134,20 +144,29 @@ class Seedtape:
             host = f"[{host}]" if ":" in host else host
             print(f"OPENAI_BASE_URL=http://{host}:{port}/v1", flush=True)
         s = self.deck.settings
+        assert self.store is not None, "configure built the deck on a store"
         log.info(
             "seedtape: mode=%s store=%s upstream=%s seed=%s",
-            s.mode.value, self.store.path, s.upstream, s.seed.seed if s.seed.inject else "off",
+            s.mode.value,
+            self.store.path,
+            s.upstream,
+            s.seed.seed if s.seed.inject else "off",
         )
 
     async def done(self) -> None:
-        if ctx.options.seedtape_report_unused and self.deck is not None:
+        if self._pending:
+            await asyncio.gather(*self._pending, return_exceptions=True)
+        report = self.values.get("report_unused", "")
+        if report and self.deck is not None and self.store is not None:
             try:
-                n = unused.write_report(self.store, self.deck.served, ctx.options.seedtape_report_unused)
-                log.info("seedtape: %d recordings were not used in this run: listed in %s", n, ctx.options.seedtape_report_unused)
+                n = unused.write_report(self.store, self.deck.served, report)
+                log.info("seedtape: %d recordings were not used in this run: listed in %s", n, report)
             except OSError as e:
-                log.error("seedtape: could not write the unused report %s: %s", ctx.options.seedtape_report_unused, e)
+                log.error("seedtape: could not write the unused report %s: %s", report, e)
         if self.pacer is not None:
             await self.pacer.stop()
+        if self.deck is not None:
+            await self.deck.close()
         if self.store is not None:
             self.store.close()
             self.store = None
@@ -156,16 +175,19 @@ class Seedtape:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse early what must not be read: a missing auth token, a body over --max-body."""
+        if self.refusal or self.deck is None:  # fail closed: never a live call without seedtape's rules
+            self._reply(flow, errors.internal(self.refusal or "seedtape is not configured"))
+            return
         if flow.request.method == "PRI" and flow.request.path == "*":  # an HTTP/2 preface read as HTTP/1
             self._reply(flow, errors.http2_cleartext())
             return
-        token = ctx.options.seedtape_auth_token
+        token = self.values.get("auth_token", "")
         if token and not hmac.compare_digest(flow.request.headers.get(wire.AUTH_TOKEN, ""), token):
             self._reply(flow, errors.unauthorized())
             return
         length = flow.request.headers.get("content-length", "")
-        if length.isdigit() and int(length) > ctx.options.seedtape_max_body:
-            self._reply(flow, errors.too_large(f"it has {length} bytes", ctx.options.seedtape_max_body))
+        if length.isdigit() and int(length) > self.values["max_body"]:
+            self._reply(flow, errors.too_large(f"it has {length} bytes", self.values["max_body"]))
 
     def request(self, flow: http.HTTPFlow) -> None:
         if flow.response is not None:  # answered earlier, by seedtape or another addon
@@ -184,7 +206,7 @@ class Seedtape:
         headers = {k.lower(): v for k, v in req.headers.items()}
         for h in wire.PROXY_ONLY_REQUEST_HEADERS:
             req.headers.pop(h, None)
-        limit = ctx.options.seedtape_max_body
+        limit = self.values["max_body"]
         try:
             content = bodies.decode(req.raw_content or b"", req.headers.get("content-encoding", ""), limit)
         except bodies.TooLarge as e:
@@ -193,7 +215,7 @@ class Seedtape:
         except ValueError as e:
             self._reply(flow, errors.bad_request(f"its body could not be decoded ({e})"))
             return
-        ex = self.deck.begin(req.method, req.path, headers, content)
+        ex = self._deck().begin(req.method, req.path, headers, content)
         flow.metadata[EXCHANGE] = ex
         if ex.forward_path is not None:
             req.path = ex.forward_path
@@ -218,7 +240,9 @@ class Seedtape:
     def _reply(self, flow: http.HTTPFlow, err: errors.SeedtapeError) -> None:
         flow.response = make_response(err.status, [*err.all_headers().items(), (wire.STATUS, "error")], err.body())
         flow.metadata[OWN_REPLY] = True
-        log.warning("seedtape: error %s %s -> %s %s", flow.request.method, wire.log_path(flow.request.path), err.status, err.message)
+        log.warning(
+            "seedtape: error %s %s -> %s %s", flow.request.method, wire.log_path(flow.request.path), err.status, err.message
+        )
 
     def responseheaders(self, flow: http.HTTPFlow) -> None:
         if flow.metadata.get(OWN_REPLY) or flow.response is None:
@@ -234,8 +258,9 @@ class Seedtape:
             flow.response.headers.pop("transfer-encoding", None)
         # Pass events through as they arrive; headers go out right after this hook.
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
-        tape = self.deck.start_stream(ex) if ex is not None else None
-        if tape is None:
+        tape = self._deck().start_stream(ex) if ex is not None else None
+        if ex is None or tape is None:
+
             def passthrough(data: bytes) -> bytes:
                 self._arm(flow)
                 return data
@@ -246,34 +271,31 @@ class Seedtape:
 
             def tap(data: bytes) -> bytes:
                 self._arm(flow)  # a stream may stall: the timeout runs from the last event
+                taping = ex.tape is not None
                 try:
-                    tape.feed(data)
-                    if (tape.done or not data) and ex.tape is not None:  # record as soon as the upstream completed
-                        self.deck.finish_stream(ex, status, headers)
-                        self.deck.note_divergence(ex)
+                    self._deck().feed_stream(ex, data, status, headers)  # records once the upstream completed it
                 except Exception:
                     log.exception("seedtape: could not tape the stream of %s", wire.log_path(flow.request.path))
-                    ex.tape, ex.status, ex.note = None, "unrecorded", "taping failed (see the log)"
+                    ex.unrecorded("taping failed (see the log)")
+                if taping and ex.tape is None and ex.divergence is not None:
+                    self._settle_later(ex, _credentials(flow))
                 return data
 
             flow.response.stream = tap
         if ex is not None:
-            self._add_headers(flow, ex)
+            self._add_headers(flow.response, ex)
 
-    async def _embedding_distance(self, ex: Exchange, flow: http.HTTPFlow) -> float | None:
-        """With seedtape_embedding_model: cosine distance of live and recorded output embeddings."""
-        model = self.deck.settings.embedding_model
-        if not model or ex.divergence is None or ex.recorded is None or ex.live_output is None:
-            return None
-        auth = {k: v for k, v in flow.request.headers.items() if k.lower() in ("authorization", "api-key")}
-        recorded = divergence.outputs(ex.recorded.endpoint, ex.recorded.format, ex.recorded.body)
+    def _settle_later(self, ex: Exchange, auth: dict[str, str]) -> None:
+        """A stream's verdict is known after its headers left: its audit event is stored in the background."""
+        task = asyncio.get_running_loop().create_task(self._settle(ex, auth))
+        self._pending.add(task)
+        task.add_done_callback(self._pending.discard)
+
+    async def _settle(self, ex: Exchange, auth: dict[str, str]) -> None:
         try:
-            async with httpx.AsyncClient() as client:
-                return await embedder.distance(client, self.deck.settings.upstream, model,
-                                               divergence.text_of(recorded), divergence.text_of(ex.live_output), auth)
-        except (httpx.HTTPError, KeyError, ValueError) as e:
-            log.warning("seedtape: no embedding distance for key=%s: %s", ex.key[:12], e)
-            return None
+            await self._deck().settle(ex, auth)
+        except Exception:
+            log.exception("seedtape: could not store the audit event of key=%s", ex.key[:12])
 
     async def response(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
@@ -282,43 +304,41 @@ class Seedtape:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         if ex is None:
             return
-        if flow.response.stream:
-            if ex.tape is not None:  # an upstream that ended without [DONE] or a clean end
-                self.deck.finish_stream(ex, flow.response.status_code, list(flow.response.headers.items()))
-                self.deck.note_divergence(ex)
+        if flow.response.stream:  # taped (and recorded) by the tap as the body passed
             self._log(ex, flow.response.status_code)
             return
         resp = flow.response
         try:
             content = resp.get_content(strict=False) or b""
-            self.deck.finish(ex, resp.status_code, list(resp.headers.items()), content)
-            self.deck.note_divergence(ex, await self._embedding_distance(ex, flow))
+            self._deck().finish(ex, resp.status_code, list(resp.headers.items()), content)
+            await self._deck().settle(ex, _credentials(flow))
         except Exception:
             log.exception("seedtape: could not record %s %s", flow.request.method, wire.log_path(flow.request.path))
-            ex.status, ex.note = "unrecorded", "recording failed (see the log)"
-        self._add_headers(flow, ex)
+            ex.unrecorded("recording failed (see the log)")
+        self._add_headers(resp, ex)
         self._log(ex, resp.status_code)
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
-        msg = flow.error.msg if flow.error else "unknown error"
-        if "body_size_limit" in msg:  # mitmproxy's words for seedtape's --max-body
-            side = "response" if "response" in msg.lower() else "request"
-            msg = f"the {side} body is larger than --max-body ({ctx.options.seedtape_max_body} bytes)"
-        if ex is not None and ex.status == "recorded":
-            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, wire.log_path(flow.request.path), msg)
+        msg = internals.describe_error(flow.error.msg if flow.error else "unknown error", self.values.get("max_body", 0))
+        path = wire.log_path(flow.request.path)
+        if ex is not None and ex.status is Status.RECORDED:
+            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, path, msg)
             return
-        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, wire.log_path(flow.request.path), msg)
+        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, path, msg)
         if ex is not None:
-            ex.tape, ex.status = None, "error"  # a cut stream is never recorded
+            ex.failed(msg)  # a cut stream is never recorded
+
+    def client_disconnected(self, client) -> None:
+        internals.forget(client.id)
 
     # -- upstream timeout ---------------------------------------------------
 
     def _arm(self, flow: http.HTTPFlow) -> None:
         """(Re)start the flow's upstream timer: no headers, or no next event, within the timeout aborts it."""
         self._disarm(flow)
-        seconds = ctx.options.seedtape_upstream_timeout
+        seconds = self.values.get("upstream_timeout", 0)
         if seconds > 0 and flow.live:
             flow.metadata[TIMER] = asyncio.get_running_loop().call_later(seconds, self._timed_out, flow, seconds)
 
@@ -333,32 +353,28 @@ class Seedtape:
             self._arm(flow)
             return
         started = flow.response is not None and bool(flow.response.stream)  # bytes went out: only a cut is left
-        err = None if started else errors.upstream_timeout(self.deck.settings.upstream, seconds)
+        err = None if started else errors.upstream_timeout(self._deck().settings.upstream, seconds)
         if internals.abort_upstream(flow, err):
             ex: Exchange | None = flow.metadata.get(EXCHANGE)
             if ex is not None:
-                ex.tape, ex.status, ex.note = None, "error", f"upstream timeout after {seconds:g}s"
-            log.warning("seedtape: %s %s: the upstream sent nothing for %gs; aborted, nothing recorded",
-                        flow.request.method, wire.log_path(flow.request.path), seconds)
+                ex.timed_out(seconds)
+            log.warning(
+                "seedtape: %s %s: the upstream sent nothing for %gs; aborted, nothing recorded",
+                flow.request.method,
+                wire.log_path(flow.request.path),
+                seconds,
+            )
 
     # -- helpers ------------------------------------------------------------
 
     @staticmethod
-    def _add_headers(flow: http.HTTPFlow, ex: Exchange) -> None:
+    def _add_headers(response: http.Response, ex: Exchange) -> None:
         for k, v in ex.headers():
-            flow.response.headers[k] = wire.header_value(v)
+            response.headers[k] = wire.header_value(v)
 
     @staticmethod
     def _log(ex: Exchange, status: int) -> None:
-        ms = (time.monotonic() - ex.started) * 1000
-        key = ex.key[:12] or "-"
-        extra = f" ({ex.note})" if ex.note and ex.status != "hit" else ""
-        if ex.divergence is not None:
-            extra += f" divergence={ex.divergence.header()}"
-            if ex.divergence.departure:
-                extra += f" first difference: {ex.divergence.departure['summary']}"
-        path = wire.log_path(ex.path)
-        log.info("seedtape: %s %s %s key=%s fp=%s -> %s %.1fms%s", ex.status, ex.method, path, key, ex.fingerprint or "-", status, ms, extra)
+        log.info(ex.log_line(status))
 
 
 addons = [Seedtape()]

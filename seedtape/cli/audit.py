@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
 import os
 import re
 import sys
@@ -16,6 +15,7 @@ from seedtape.cli import htmlreport, output
 from seedtape.cli.inspection import count, last_user_words, open_store, store_option, when
 from seedtape.proxy.audit import sampler as core
 from seedtape.proxy.audit.divergence import VERDICTS
+from seedtape.proxy.tapes.entryfilter import EntryFilter
 from seedtape.proxy.tapes.store import Store, StoreError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -23,8 +23,10 @@ _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
 
 def parse_age(value: str | None) -> float | None:
     """'90s', '15m', '2h', '7d', '1w' -> seconds."""
-    if value is None:
-        return None
+    return None if value is None else _age_seconds(value)
+
+
+def _age_seconds(value: str) -> float:
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([smhdw])\s*", value)
     if not m:
         raise click.BadParameter(f"{value!r} is not an age: use a number and one of s, m, h, d, w (e.g. 7d)")
@@ -36,14 +38,15 @@ def parse_since(value: str | None, hint: str | None = None) -> float | None:
     if value is None:
         return None
     try:
-        return time.time() - parse_age(value)
+        return time.time() - _age_seconds(value)
     except click.BadParameter:
         pass
     try:
         return datetime.fromisoformat(value).timestamp()
     except ValueError:
-        raise click.BadParameter(f"{value!r} is neither an age (2h, 7d) nor an ISO date (2026-11-01T12:00)",
-                                 param_hint=hint) from None
+        raise click.BadParameter(
+            f"{value!r} is neither an age (2h, 7d) nor an ISO date (2026-11-01T12:00)", param_hint=hint
+        ) from None
 
 
 def parse_thresholds(values: tuple[str, ...]) -> dict[str, float]:
@@ -53,8 +56,9 @@ def parse_thresholds(values: tuple[str, ...]) -> dict[str, float]:
             name, sep, num = part.partition("=")
             name = name.strip()
             if not sep or name not in VERDICTS[1:]:
-                raise click.BadParameter(f"{part!r}: use VERDICT=SHARE with VERDICT one of {', '.join(VERDICTS[1:])}",
-                                         param_hint="--fail-on")
+                raise click.BadParameter(
+                    f"{part!r}: use VERDICT=SHARE with VERDICT one of {', '.join(VERDICTS[1:])}", param_hint="--fail-on"
+                )
             try:
                 out[name] = float(num.rstrip("%")) / (100 if num.strip().endswith("%") else 1)
             except ValueError:
@@ -69,47 +73,103 @@ def _fmt(x: float | None, pct: bool = False) -> str:
 
 
 def print_table(report: core.AuditReport) -> None:
-    output.echo(f"{'KEY':<13} {'MODEL':<16} {'FINGERPRINTS':<22} {'N':>3} {'ERR':>3} {'IDENT':>6} "
-               f"{'SIM→REC':>7} {'SIM↔':>6} {'EMB→REC':>7}  VERDICTS / PROMPT")
+    output.echo(
+        f"{'KEY':<13} {'MODEL':<16} {'FINGERPRINTS':<22} {'N':>3} {'ERR':>3} {'IDENT':>6} "
+        f"{'SIM→REC':>7} {'SIM↔':>6} {'EMB→REC':>7}  VERDICTS / PROMPT"
+    )
     for rr in report.requests:
         fps = ",".join(rr.fingerprints_seen) or "-"
         verdicts = " ".join(f"{k}={v}" for k, v in sorted(rr.verdicts.items()))
-        output.echo(f"{rr.key[:12]:<13} {rr.model[:16]:<16} {fps[:22]:<22} {len(rr.samples):>3} {rr.errors:>3} "
-                   f"{_fmt(rr.identical_share, True):>6} {_fmt(rr.mean_similarity_to_recording):>7} "
-                   f"{_fmt(rr.mean_pairwise_similarity):>6} {_fmt(rr.mean_embedding_distance_to_recording):>7}  "
-                   f"{verdicts}  {rr.prompt[:40]}")
+        output.echo(
+            f"{rr.key[:12]:<13} {rr.model[:16]:<16} {fps[:22]:<22} {len(rr.samples):>3} {rr.errors:>3} "
+            f"{_fmt(rr.identical_share, True):>6} {_fmt(rr.mean_similarity_to_recording):>7} "
+            f"{_fmt(rr.mean_pairwise_similarity):>6} {_fmt(rr.mean_embedding_distance_to_recording):>7}  "
+            f"{verdicts}  {rr.prompt[:40]}"
+        )
     shares = "  ".join(f"{k} {v:.0%}" for k, v in report.verdict_shares.items())
-    output.echo(f"\n{count(len(report.requests), 'request')}, {count(report.samples, 'sample')}, "
-               f"{count(report.errors, 'error')}; "
-               f"identical to recording {_fmt(report.identical_share, True)}, "
-               f"mean similarity {_fmt(report.mean_similarity_to_recording)}")
+    output.echo(
+        f"\n{count(len(report.requests), 'request')}, {count(report.samples, 'sample')}, "
+        f"{count(report.errors, 'error')}; "
+        f"identical to recording {_fmt(report.identical_share, True)}, "
+        f"mean similarity {_fmt(report.mean_similarity_to_recording)}"
+    )
     output.echo(f"verdicts: {shares}")
 
 
 @click.command("audit")
 @store_option
-@click.option("--upstream", default="https://api.openai.com", show_default=True, envvar="SEEDTAPE_UPSTREAM",
-              help="The API to re-send the recorded requests to.")
+@click.option(
+    "--upstream",
+    default="https://api.openai.com",
+    show_default=True,
+    envvar="SEEDTAPE_UPSTREAM",
+    help="The API to re-send the recorded requests to.",
+)
 @click.option("--model", default=None, help="Only requests for this model.")
 @click.option("--key", "key_prefix", default=None, metavar="PREFIX", help="Only request keys starting with PREFIX.")
 @click.option("--older-than", default=None, metavar="AGE", help="Only recordings older than AGE (30m, 2h, 7d).")
 @click.option("--newer-than", default=None, metavar="AGE", help="Only recordings newer than AGE.")
 @click.option("--repeats", default=3, show_default=True, type=click.IntRange(1, 1000), help="Live samples per request.")
 @click.option("--concurrency", default=4, show_default=True, type=click.IntRange(1, 256), help="Requests in flight at once.")
-@click.option("--max-retries", default=4, show_default=True, type=click.IntRange(0, 20),
-              help="Retries per sample on 408/409/429/5xx and connection errors, with exponential backoff.")
+@click.option(
+    "--max-retries",
+    default=4,
+    show_default=True,
+    type=click.IntRange(0, 20),
+    help="Retries per sample on 408/409/429/5xx and connection errors, with exponential backoff.",
+)
 @click.option("--timeout", default=120.0, show_default=True, type=float, help="Seconds per live request.")
-@click.option("--embedding-model", default=None, metavar="NAME",
-              help="Also report cosine distances between embeddings of the answers (fetched via /v1/embeddings).")
-@click.option("--api-key-env", default="OPENAI_API_KEY", show_default=True, metavar="VAR",
-              help="Environment variable holding the API key sent upstream (never stored).")
-@click.option("--json", "json_file", type=click.Path(dir_okay=False, writable=True), default=None, help="Write the report as JSON to FILE ('-': stdout).")
-@click.option("--html", "html_file", type=click.Path(dir_okay=False, writable=True), default=None, help="Write a self-contained HTML report with charts to FILE.")
-@click.option("--fail-on", multiple=True, metavar="VERDICT=SHARE",
-              help="Exit 1 when the share of samples with VERDICT (drift, nondeterminism, fingerprint-only) "
-                   "exceeds SHARE, e.g. --fail-on drift=0 --fail-on nondeterminism=10%.")
-def audit_cmd(store, upstream, model, key_prefix, older_than, newer_than, repeats, concurrency, max_retries, timeout,
-              embedding_model, api_key_env, json_file, html_file, fail_on):
+@click.option(
+    "--embedding-model",
+    default=None,
+    metavar="NAME",
+    help="Also report cosine distances between embeddings of the answers (fetched via /v1/embeddings).",
+)
+@click.option(
+    "--api-key-env",
+    default="OPENAI_API_KEY",
+    show_default=True,
+    metavar="VAR",
+    help="Environment variable holding the API key sent upstream (never stored).",
+)
+@click.option(
+    "--json",
+    "json_file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write the report as JSON to FILE ('-': stdout).",
+)
+@click.option(
+    "--html",
+    "html_file",
+    type=click.Path(dir_okay=False, writable=True),
+    default=None,
+    help="Write a self-contained HTML report with charts to FILE.",
+)
+@click.option(
+    "--fail-on",
+    multiple=True,
+    metavar="VERDICT=SHARE",
+    help="Exit 1 when the share of samples with VERDICT (drift, nondeterminism, fingerprint-only) "
+    "exceeds SHARE, e.g. --fail-on drift=0 --fail-on nondeterminism=10%.",
+)
+def audit_cmd(
+    store,
+    upstream,
+    model,
+    key_prefix,
+    older_than,
+    newer_than,
+    repeats,
+    concurrency,
+    max_retries,
+    timeout,
+    embedding_model,
+    api_key_env,
+    json_file,
+    html_file,
+    fail_on,
+):
     """Re-send stored requests live, compare the answers with the recordings, report drift.
 
     Samples are stored as audit events (`seedtape events`), never as recordings.
@@ -121,22 +181,33 @@ def audit_cmd(store, upstream, model, key_prefix, older_than, newer_than, repeat
     except StoreError as e:
         raise output.Failure(str(e)) from None
     with st:
-        entries = core.select(st, model=model, key_prefix=key_prefix,
-                              older_than=parse_age(older_than), newer_than=parse_age(newer_than))
+        entries = core.select(
+            st,
+            EntryFilter(model=model, key_prefix=key_prefix, older_than=parse_age(older_than), newer_than=parse_age(newer_than)),
+        )
         if not entries:
             output.echo("seedtape audit: no recorded request matches the filters; nothing to audit", err=True)
             sys.exit(2)
         key = os.environ.get(api_key_env, "")
         auth = {"authorization": f"Bearer {key}"} if key else {}
         if not key:
-            output.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key",
-                       err=True)
+            output.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key", err=True)
         with click.progressbar(length=len(entries) * repeats, label="auditing", file=sys.stderr) as bar:
-            report = asyncio.run(core.run(
-                st, entries, upstream.rstrip("/"), repeats=repeats, concurrency=concurrency, auth=auth,
-                embedding_model=embedding_model, max_retries=max_retries, timeout=timeout,
-                progress=bar.update, prompt_of=last_user_words,
-            ))
+            report = asyncio.run(
+                core.run(
+                    st,
+                    entries,
+                    upstream.rstrip("/"),
+                    repeats=repeats,
+                    concurrency=concurrency,
+                    auth=auth,
+                    embedding_model=embedding_model,
+                    max_retries=max_retries,
+                    timeout=timeout,
+                    progress=bar.update,
+                    prompt_of=last_user_words,
+                )
+            )
         events = st.events()
     if json_file:
         click.open_file(json_file, "w").write(core.dumps(report) + "\n")
@@ -165,20 +236,20 @@ def _first_error(report: core.AuditReport) -> str:
 @click.option("--key", "key_prefix", default=None, metavar="PREFIX", help="Only request keys starting with PREFIX.")
 @click.option("--since", default=None, metavar="WHEN", help="Only events since an age ago (2h, 7d) or an ISO time.")
 @click.option("--until", default=None, metavar="WHEN", help="Only events before an age ago or an ISO time.")
-@click.option("--source", type=click.Choice(["proxy", "audit"]), default=None, help="Only events from the proxy or from `seedtape audit`.")
+@click.option(
+    "--source", type=click.Choice(["proxy", "audit"]), default=None, help="Only events from the proxy or from `seedtape audit`."
+)
 @click.option("--limit", type=int, default=None, help="Only the newest N events.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with both outputs) instead of a table.")
 def events(store, verdict, model, key_prefix, since, until, source, limit, as_json):
     """List stored audit events, oldest first."""
-    lo, hi = parse_since(since, "--since"), parse_since(until, "--until")
+    f = EntryFilter(model=model, key_prefix=key_prefix, since=parse_since(since, "--since"), until=parse_since(until, "--until"))
     with open_store(store) as st:
-        rows = [e for e in st.events()
-                if (not verdict or e.get("verdict") in verdict)
-                and (not model or e.get("model") == model)
-                and (not key_prefix or e.get("key", "").startswith(key_prefix.lower()))
-                and (not source or e.get("source") == source)
-                and (lo is None or e.get("time", 0) >= lo)
-                and (hi is None or e.get("time", 0) < hi)]
+        rows = [
+            e
+            for e in st.events()
+            if f.event(e) and (not verdict or e.get("verdict") in verdict) and (not source or e.get("source") == source)
+        ]
     if limit is not None:
         rows = rows[-limit:] if limit > 0 else []
     if as_json:
@@ -187,8 +258,12 @@ def events(store, verdict, model, key_prefix, since, until, source, limit, as_js
     if not rows:
         output.echo("no audit events match")
         return
-    output.echo(f"{'TIME':<21} {'SOURCE':<6} {'KEY':<13} {'MODEL':<16} {'VERDICT':<17} {'SIM':>6}  FINGERPRINT (recorded -> live)")
+    output.echo(
+        f"{'TIME':<21} {'SOURCE':<6} {'KEY':<13} {'MODEL':<16} {'VERDICT':<17} {'SIM':>6}  FINGERPRINT (recorded -> live)"
+    )
     for e in rows:
-        output.echo(f"{when(e.get('time', 0)):<21} {e.get('source', ''):<6} {e.get('key', '')[:12]:<13} "
-                   f"{str(e.get('model', ''))[:16]:<16} {e.get('verdict', ''):<17} {_fmt(e.get('similarity')):>6}  "
-                   f"{e.get('recorded_fingerprint')} -> {e.get('live_fingerprint')}")
+        output.echo(
+            f"{when(e.get('time', 0)):<21} {e.get('source', ''):<6} {e.get('key', '')[:12]:<13} "
+            f"{str(e.get('model', ''))[:16]:<16} {e.get('verdict', ''):<17} {_fmt(e.get('similarity')):>6}  "
+            f"{e.get('recorded_fingerprint')} -> {e.get('live_fingerprint')}"
+        )

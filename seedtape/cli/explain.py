@@ -11,23 +11,13 @@ import click
 
 from seedtape.cli import output
 from seedtape.cli.inspection import open_store, resolve, store_option
+from seedtape.proxy import dialects
 from seedtape.proxy.audit import divergence
-from seedtape.proxy.dialects import endpoints
 from seedtape.proxy.explain import jsondiff, nearest
 from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS, CanonicalRequest, canonicalize
 from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
 
 _KEYLIKE = re.compile(r"^[0-9a-f]{4,64}$")
-
-
-def _guess_path(body: dict) -> str:
-    if "messages" in body:
-        return "/v1/chat/completions"
-    if "prompt" in body:
-        return "/v1/completions"
-    if "input" in body:
-        return "/v1/embeddings"
-    return "/v1/chat/completions"
 
 
 def _load(source: str) -> object:
@@ -48,7 +38,9 @@ def _load(source: str) -> object:
 @click.option("--namespace", default="", help="Namespace the request would be sent under.")
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed the proxy injects.")
 @click.option("--no-seed-injection", is_flag=True, help="The proxy runs with --no-seed-injection.")
-@click.option("--ignore-field", multiple=True, metavar="FIELD", help="The proxy's --ignore-field list (default: user, metadata, store).")
+@click.option(
+    "--ignore-field", multiple=True, metavar="FIELD", help="The proxy's --ignore-field list (default: user, metadata, store)."
+)
 @click.option("--fingerprint", default=None, help="The proxy's pinned --fingerprint.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore_field, fingerprint, as_json):
@@ -70,17 +62,20 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
             if {"method", "path", "body"} <= set(doc):  # already canonical
                 canonical_json = doc
             else:
-                path = req_path or _guess_path(doc)
-                ep = endpoints.match("POST", path)
-                if ep is not None and ep.takes_seed:
+                path = req_path or dialects.guess_path(doc)
+                dialect = dialects.match("POST", path)
+                if dialect is not None and dialect.takes_seed:
                     doc, _ = SeedPolicy(seed, not no_seed_injection).apply(doc)
                 ignored = frozenset(ignore_field) if ignore_field else frozenset(DEFAULT_IGNORED_FIELDS)
                 path, _, query = path.partition("?")
                 canonical_json = canonicalize("POST", path, query, doc, ignored_fields=ignored, namespace=namespace).to_json()
         canonical = CanonicalRequest(
-            method=canonical_json.get("method", "POST"), path=canonical_json.get("path", "/v1/chat/completions"),
-            query=tuple(tuple(q) for q in canonical_json.get("query") or []), body=canonical_json.get("body"),
-            namespace=canonical_json.get("namespace", ""), credential=canonical_json.get("credential", ""),
+            method=canonical_json.get("method", "POST"),
+            path=canonical_json.get("path", "/v1/chat/completions"),
+            query=tuple(tuple(q) for q in canonical_json.get("query") or []),
+            body=canonical_json.get("body"),
+            namespace=canonical_json.get("namespace", ""),
+            credential=canonical_json.get("credential", ""),
         )
         key = canonical.key
         hit = st.get(key, fingerprint)
@@ -90,7 +85,7 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
         else:
             expl = nearest.explain(st, nearest.NearestIndex(st), canonical, fingerprint)
             result = {"replays": False, **expl.to_json()}
-            text = [f"{key[:12]} would miss ({canonical.path})."] + expl.lines()
+            text = [f"{key[:12]} would miss ({canonical.path}).", *expl.lines()]
     if as_json:
         output.echo_json(result)
     else:
@@ -116,15 +111,20 @@ def diff_cmd(store, key_a, key_b, as_json):
     if a.endpoint != b.endpoint:  # different kinds of answer: no field-level comparison
         resp = [jsondiff.Change("endpoint", a.endpoint, b.endpoint)]
     else:
-        group = "data" if a.endpoint == "embeddings" else "choices"  # outputs are lists of these
-        resp = [jsondiff.Change(group + c.path if c.path.startswith("[") else c.path, c.a, c.b)
-                for c in jsondiff.diff(out_a, out_b)]
+        group = dialects.named(a.endpoint).output_group  # outputs are lists of these
+        resp = [
+            jsondiff.Change(group + c.path if c.path.startswith("[") else c.path, c.a, c.b) for c in jsondiff.diff(out_a, out_b)
+        ]
     if as_json:
-        output.echo_json({
-            "a": {"key": a.key, "fingerprint": a.fingerprint}, "b": {"key": b.key, "fingerprint": b.fingerprint},
-            "request": [c.to_json() for c in req], "response": [c.to_json() for c in resp],
-            "response_departure": jsondiff.first_departure(out_a, out_b) if a.endpoint == b.endpoint else None,
-        })
+        output.echo_json(
+            {
+                "a": {"key": a.key, "fingerprint": a.fingerprint},
+                "b": {"key": b.key, "fingerprint": b.fingerprint},
+                "request": [c.to_json() for c in req],
+                "response": [c.to_json() for c in resp],
+                "response_departure": jsondiff.first_departure(out_a, out_b) if a.endpoint == b.endpoint else None,
+            }
+        )
         return
     output.echo(f"a {a.key[:12]} ({a.fingerprint})  b {b.key[:12]} ({b.fingerprint})")
     output.echo("request:" + ("" if req else " identical"))

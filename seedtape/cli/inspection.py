@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import json
 import sys
-from datetime import datetime, timezone
+from datetime import UTC, datetime
+from typing import Any
 
 import click
 
@@ -15,8 +16,12 @@ from seedtape.proxy.tapes.entry import TapeEntry
 from seedtape.proxy.tapes.store import Store, StoreError
 
 store_option = click.option(
-    "--store", default=".seedtape", show_default=True, envvar="SEEDTAPE_STORE",
-    type=click.Path(file_okay=False), help="LMDB store directory (env SEEDTAPE_STORE).",
+    "--store",
+    default=".seedtape",
+    show_default=True,
+    envvar="SEEDTAPE_STORE",
+    type=click.Path(file_okay=False),
+    help="LMDB store directory (env SEEDTAPE_STORE).",
 )
 
 
@@ -38,7 +43,7 @@ def printable(text: str) -> str:
 
 
 def when(ts: float) -> str:
-    return datetime.fromtimestamp(ts, timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d %H:%M:%SZ") if ts else "-"
 
 
 def count(n: int, one: str, many: str = "") -> str:
@@ -68,9 +73,19 @@ def summaries(store: Store) -> list[dict]:
     """One row per request key: newest entry's model, all fingerprints, times."""
     rows: dict[str, dict] = {}
     for e in store.entries():
-        row = rows.setdefault(e.key, {"key": e.key, "endpoint": e.endpoint, "model": e.model, "namespace": e.namespace,
-                                      "fingerprints": [], "prompt": last_user_words(e.request), "recorded_at": 0.0,
-                                      "format": e.format})
+        row = rows.setdefault(
+            e.key,
+            {
+                "key": e.key,
+                "endpoint": e.endpoint,
+                "model": e.model,
+                "namespace": e.namespace,
+                "fingerprints": [],
+                "prompt": last_user_words(e.request),
+                "recorded_at": 0.0,
+                "format": e.format,
+            },
+        )
         row["fingerprints"].append(e.fingerprint)
         if e.recorded_at >= row["recorded_at"]:
             row.update(recorded_at=e.recorded_at, model=e.model, latest_fingerprint=e.fingerprint)
@@ -96,8 +111,12 @@ def ls(store: str, as_json: bool) -> None:
     for r in rows:
         fps = ",".join(r["fingerprints"])
         ns = r["namespace"] or "-"
-        output.echo(printable(f"{r['key'][:12]:<14} {r['model'][:22]:<22} {r['format']:<4} {ns[:12]:<12} {fps[:24]:<24} "
-                             f"{when(r['recorded_at']):<21} {r['prompt']}"))
+        output.echo(
+            printable(
+                f"{r['key'][:12]:<14} {r['model'][:22]:<22} {r['format']:<4} {ns[:12]:<12} {fps[:24]:<24} "
+                f"{when(r['recorded_at']):<21} {r['prompt']}"
+            )
+        )
 
 
 def resolve(st: Store, prefix: str) -> str:
@@ -105,7 +124,9 @@ def resolve(st: Store, prefix: str) -> str:
     if not keys:
         raise output.Failure(f"no recording has a key starting with {prefix!r}: `seedtape ls` lists the keys")
     if len(keys) > 1:
-        raise output.Failure(f"{prefix!r} matches {len(keys)} keys ({', '.join(k[:12] for k in keys[:5])}…): give more characters")
+        raise output.Failure(
+            f"{prefix!r} matches {len(keys)} keys ({', '.join(k[:12] for k in keys[:5])}…): give more characters"
+        )
     return keys[0]
 
 
@@ -141,22 +162,35 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
         entries = [e for fp in fps if (e := st.get(full, fp)) is not None]
     if not entries:
         raise output.Failure(f"{full[:12]} has no entry under fingerprint {fingerprint}")
-    out = []
+    out: list[dict[str, Any]] = []
     for e in entries:
-        out.append({
-            "key": e.key, "fingerprint": e.fingerprint, "endpoint": e.endpoint, "model": e.model,
-            "namespace": e.namespace, "format": e.format, "recorded_at": when(e.recorded_at),
-            "first_recorded_at": when(e.first_recorded_at), "times_recorded": e.times_recorded,
-            "upstream_ms": e.upstream_ms, "request": e.request,
-            "response": {"status": e.status, "headers": dict(e.headers), "body": _body_for_display(e)},
-        })
+        out.append(
+            {
+                "key": e.key,
+                "fingerprint": e.fingerprint,
+                "endpoint": e.endpoint,
+                "model": e.model,
+                "namespace": e.namespace,
+                "format": e.format,
+                "recorded_at": when(e.recorded_at),
+                "first_recorded_at": when(e.first_recorded_at),
+                "times_recorded": e.times_recorded,
+                "upstream_ms": e.upstream_ms,
+                "request": e.request,
+                "response": {"status": e.status, "headers": dict(e.headers), "body": _body_for_display(e)},
+            }
+        )
     if as_json:
         output.echo(dumps(out if len(out) > 1 else out[0]))
         return
     for o in out:
         output.secho(printable(f"key {o['key']}  fingerprint {o['fingerprint']}"), bold=True)
-        output.echo(printable(f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
-                   f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}"))
+        output.echo(
+            printable(
+                f"{o['endpoint']}  model {o['model']}  recorded {o['recorded_at']} "
+                f"(first {o['first_recorded_at']}, {o['times_recorded']}x)  format {o['format']}"
+            )
+        )
         output.secho("request:", bold=True)
         output.echo(dumps(o["request"]))
         output.secho(f"response: {o['response']['status']}", bold=True)

@@ -44,7 +44,11 @@ def _one(data: bytes, encoding: str, limit: int) -> bytes:
         d = brotli.Decompressor()
         out = d.process(data, output_buffer_limit=limit + 1)
         if len(out) > limit or not d.is_finished():
-            raise TooLarge(f"it decodes to more than {limit} bytes") if len(out) > limit else ValueError("the brotli body is truncated")
+            raise (
+                TooLarge(f"it decodes to more than {limit} bytes")
+                if len(out) > limit
+                else ValueError("the brotli body is truncated")
+            )
         return out
     if encoding == "zstd":
         d = zstd.ZstdDecompressor()

@@ -35,8 +35,7 @@ class SeedtapeError:
 def replay_miss(key: str, path: str, detail: str = "", how_to_record: str = "") -> SeedtapeError:
     why = f" {detail}" if detail else ""
     how = how_to_record or (
-        "To record it, run the proxy with --mode auto or --mode record against a live upstream "
-        "and send the request again."
+        "To record it, run the proxy with --mode auto or --mode record against a live upstream and send the request again."
     )
     return SeedtapeError(404, "replay_miss", f"seedtape replay miss: no recording for request key {key} ({path}).{why} {how}")
 
@@ -46,17 +45,19 @@ def bad_request(reason: str) -> SeedtapeError:
 
 
 def http2_cleartext() -> SeedtapeError:
-    return SeedtapeError(505, "http_version_not_supported",
-                         "seedtape speaks HTTP/1.1 on its plain-HTTP port; HTTP/2 with prior knowledge is not "
-                         "supported: use HTTP/1.1 (every OpenAI SDK does).")
+    return SeedtapeError(
+        505,
+        "http_version_not_supported",
+        "seedtape speaks HTTP/1.1 on its plain-HTTP port; HTTP/2 with prior knowledge is not "
+        "supported: use HTTP/1.1 (every OpenAI SDK does).",
+    )
 
 
 def not_replayable(path: str, reason: str) -> SeedtapeError:
     return SeedtapeError(
         400,
         "not_replayable",
-        f"seedtape is in replay mode and never contacts the upstream, but {path} {reason}. "
-        "Use --mode auto to forward it.",
+        f"seedtape is in replay mode and never contacts the upstream, but {path} {reason}. Use --mode auto to forward it.",
     )
 
 
@@ -73,8 +74,7 @@ def internal(reason: str) -> SeedtapeError:
     return SeedtapeError(
         500,
         "seedtape_internal_error",
-        f"seedtape failed internally and did not contact the upstream: {reason}. "
-        "This is a bug; the proxy log has details.",
+        f"seedtape failed internally and did not contact the upstream: {reason}. This is a bug; the proxy log has details.",
     )
 
 
@@ -95,6 +95,7 @@ def too_large(why: str, limit: int) -> SeedtapeError:
 
 def unauthorized() -> SeedtapeError:
     return SeedtapeError(
-        401, "seedtape_unauthorized",
+        401,
+        "seedtape_unauthorized",
         "seedtape requires its auth token: send it in the seedtape-token header (the proxy was started with --auth-token).",
     )

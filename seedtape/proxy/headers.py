@@ -1,7 +1,8 @@
-"""Which headers may be stored and replayed.
+"""Which headers may be stored and replayed, and which are secret: every rule about upstream headers.
 
 An allowlist, not a denylist: a header seedtape does not know (a new auth
-scheme, a cookie, an organization id) can never leak into a tape.
+scheme, a cookie, an organization id) can never leak into a tape. The secret
+rules below add a denylist on top for exports and imports (defence in depth).
 """
 
 from __future__ import annotations
@@ -35,6 +36,16 @@ SECRET_HEADERS = frozenset(
         "proxy-authorization",
     }
 )
+
+
+_SECRET_WORDS = re.compile(r"auth|api-?key|cookie|secret|passw|session")
+
+
+def is_secret(name: str) -> bool:
+    """A header that may carry a credential: the named ones, and any name that mentions auth, api-key,
+    cookie, secret, password or session (a header seedtape has never heard of, named like one)."""
+    name = name.lower()
+    return name in SECRET_HEADERS or bool(_SECRET_WORDS.search(name))
 
 
 def is_safe(name: str) -> bool:
@@ -71,8 +82,11 @@ def refusal(name: str, value: str) -> str | None:
     if not is_safe(name):
         return f"header {name!r} is not one seedtape records (only content-type, request ids, openai-* and x-ratelimit-*)"
     if not valid_value(value):
-        return f"header {name!r} has a value seedtape never records (control characters, non-ASCII, or over {MAX_VALUE} characters)"
+        return (
+            f"header {name!r} has a value seedtape never records (control characters, non-ASCII, or over {MAX_VALUE} characters)"
+        )
     return None
+
 
 # Where clients put their API key (OpenAI, Azure OpenAI, Anthropic-style gateways).
 CREDENTIAL_HEADERS = ("authorization", "api-key", "x-api-key")

@@ -55,8 +55,13 @@ def loads(text: str, *, unique_keys: bool = False) -> object:
     without, the last value wins as in the standard parser (request bodies, as the API does).
     """
     try:
-        doc = json.loads(text, parse_constant=_no_constants, parse_float=_finite, parse_int=_integer,
-                         object_pairs_hook=_unique_object if unique_keys else None)
+        doc = json.loads(
+            text,
+            parse_constant=_no_constants,
+            parse_float=_finite,
+            parse_int=_integer,
+            object_pairs_hook=_unique_object if unique_keys else None,
+        )
     except RecursionError:
         raise TooDeep(f"nested too deeply (more than {MAX_DEPTH} levels)") from None
     if depth(doc) > MAX_DEPTH:

@@ -1,4 +1,4 @@
-"""Names of the headers seedtape reads and writes (README "Headers"), and where it may listen."""
+"""Names of the headers seedtape reads and writes (docs/headers.md), and where it may listen."""
 
 import ipaddress
 import re

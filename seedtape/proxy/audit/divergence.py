@@ -17,36 +17,18 @@ import re
 from dataclasses import dataclass
 
 import numpy as np
+from rapidfuzz.distance import Levenshtein
 
-from seedtape.proxy.dialects import convert
+from seedtape.proxy import dialects
 from seedtape.proxy.explain import jsondiff
-from seedtape.proxy.streams.sse import DONE, parse
 
 VERDICTS = ("match", "nondeterminism", "drift", "fingerprint-only")
 _TOKEN = re.compile(r"\w+|[^\w\s]", re.UNICODE)
 
 
 def outputs(endpoint: str, fmt: str, body: bytes) -> list[dict]:
-    """The comparable output of a recorded or live body, one dict per choice."""
-    if fmt == "sse":
-        chunks = [json.loads(e.data) for e in parse(body) if e.data != DONE]
-        doc = json.loads(convert.to_completion(endpoint, chunks))
-    else:
-        doc = json.loads(body)
-    if endpoint == "embeddings":
-        return [{"index": d.get("index"), "embedding": d.get("embedding")} for d in doc.get("data") or []]
-    out = []
-    for c in sorted(doc.get("choices") or [], key=lambda c: c.get("index", 0)):
-        msg = c.get("message") or {}
-        out.append({
-            "index": c.get("index", 0),
-            "content": msg.get("content") if "message" in c else c.get("text"),
-            "refusal": msg.get("refusal"),
-            "tool_calls": [[(t.get("function") or {}).get("name"), (t.get("function") or {}).get("arguments")]
-                           for t in msg.get("tool_calls") or []],
-            "finish_reason": c.get("finish_reason"),
-        })
-    return out
+    """The comparable output of a recorded or live body of the named API, one dict per choice."""
+    return dialects.named(endpoint).outputs_of(fmt, body)
 
 
 def text_of(out: list[dict]) -> str:
@@ -67,24 +49,11 @@ def tokens(text: str) -> list[str]:
 
 
 def edit_similarity(a: str, b: str) -> float:
-    """1 - normalized token-level Levenshtein distance, vectorised row by row with numpy."""
+    """1 - normalized token-level Levenshtein distance (rapidfuzz compares sequences of tokens, not only strings)."""
     ta, tb = tokens(a), tokens(b)
     if not ta and not tb:
         return 1.0
-    if not ta or not tb:
-        return 0.0
-    vocab: dict[str, int] = {}
-    ia = np.array([vocab.setdefault(t, len(vocab)) for t in ta])
-    ib = np.array([vocab.setdefault(t, len(vocab)) for t in tb])
-    idx = np.arange(len(ib) + 1)
-    prev = idx.copy()
-    for x in ia:
-        sub = prev[:-1] + (ib != x)  # substitute (or keep)
-        tmp = np.empty_like(prev)
-        tmp[0] = prev[0] + 1
-        tmp[1:] = np.minimum(prev[1:] + 1, sub)  # delete, substitute
-        prev = np.minimum.accumulate(tmp - idx) + idx  # insertions run along the row
-    return float(1.0 - prev[-1] / max(len(ia), len(ib)))
+    return float(Levenshtein.normalized_similarity(ta, tb))
 
 
 def cosine_distance(u: list[float], v: list[float]) -> float:

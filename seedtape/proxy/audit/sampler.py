@@ -9,6 +9,7 @@ and stores each sample as an audit event. Recordings are never changed.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 from collections import Counter
@@ -19,8 +20,10 @@ from urllib.parse import urlencode
 import httpx
 import numpy as np
 
-from seedtape.proxy.audit import divergence, embedder
-from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_of
+from seedtape.proxy import dialects
+from seedtape.proxy.audit import divergence, embedder, events
+from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes.entryfilter import EntryFilter, newest_per_key
 from seedtape.proxy.tapes.store import Store
 
 RETRY_STATUSES = frozenset({408, 409, 429}) | frozenset(range(500, 600))
@@ -81,6 +84,18 @@ def _mean(xs: list[float]) -> float | None:
     return round(float(np.mean(xs)), 6) if xs else None
 
 
+def _similarity(s: Sample) -> float:
+    """A good sample's similarity to the recording (a sample without an error has been compared)."""
+    assert s.similarity is not None, "a sample without an error has a similarity"
+    return s.similarity
+
+
+def _output(s: Sample) -> list:
+    """A good sample's output (a sample without an error has been compared)."""
+    assert s.output is not None, "a sample without an error has an output"
+    return s.output
+
+
 def request_url(upstream: str, entry: TapeEntry) -> str:
     req = entry.request
     query = urlencode(req.get("query") or [])
@@ -95,9 +110,12 @@ def request_body(entry: TapeEntry) -> dict:
     return body
 
 
-async def _sample(client: httpx.AsyncClient, url: str, body: dict, auth: dict, max_retries: int) -> tuple[httpx.Response | None, str, int]:
+async def _sample(
+    client: httpx.AsyncClient, url: str, body: dict, auth: dict, max_retries: int
+) -> tuple[httpx.Response | None, str, int]:
     """POST with retries on 408/409/429/5xx and connection errors; exponential backoff, Retry-After honoured."""
     delay, last = 0.5, ""
+    r: httpx.Response | None
     for attempt in range(1, max_retries + 2):
         try:
             r = await client.post(url, json=body, headers={"content-type": "application/json", **auth})
@@ -111,10 +129,8 @@ async def _sample(client: httpx.AsyncClient, url: str, body: dict, auth: dict, m
             break
         wait = delay
         if r is not None and (ra := r.headers.get("retry-after")):
-            try:
+            with contextlib.suppress(ValueError):
                 wait = min(float(ra), 30.0)
-            except ValueError:
-                pass
         await asyncio.sleep(wait)
         delay *= 2
     return None, last, max_retries + 1
@@ -144,12 +160,14 @@ async def run(
                 r, err, attempts = await _sample(client, request_url(upstream, entry), request_body(entry), auth, max_retries)
             s = Sample(attempts=attempts, time=time.time())
             try:
-                if r is None or not 200 <= r.status_code < 300:
+                if r is None:
+                    s.error = err or "no live answer"  # err says why (max_retries >= 0: always)
+                elif not 200 <= r.status_code < 300:
                     s.error = err or f"upstream answered {r.status_code}: {r.text[:200]}"
                 else:
-                    doc = r.json()
-                    s.fingerprint = fingerprint_of(doc)
-                    s.output = divergence.outputs(entry.endpoint, "json", r.content)
+                    dialect = dialects.named(entry.endpoint)
+                    s.fingerprint = dialect.fingerprint(r.json())
+                    s.output = dialect.outputs_of("json", r.content)
                     d = divergence.compare(recorded, entry.fingerprint, s.output, s.fingerprint)
                     s.verdict, s.similarity, s.first_difference = d.verdict, d.similarity, d.departure
             except (ValueError, KeyError, TypeError, AttributeError) as e:
@@ -159,8 +177,14 @@ async def run(
 
         async def audit_one(entry: TapeEntry) -> RequestReport:
             recorded = divergence.outputs(entry.endpoint, entry.format, entry.body)
-            rr = RequestReport(key=entry.key, model=entry.model, endpoint=entry.endpoint, prompt=prompt_of(entry.request),
-                               recorded_fingerprint=entry.fingerprint, recorded_at=entry.recorded_at)
+            rr = RequestReport(
+                key=entry.key,
+                model=entry.model,
+                endpoint=entry.endpoint,
+                prompt=prompt_of(entry.request),
+                recorded_fingerprint=entry.fingerprint,
+                recorded_at=entry.recorded_at,
+            )
             rr.samples = list(await asyncio.gather(*(one(entry, recorded) for _ in range(repeats))))
             good = [s for s in rr.samples if not s.error]
             rr.errors = len(rr.samples) - len(good)
@@ -169,20 +193,27 @@ async def run(
             if good:
                 rr.identical = sum(s.output == recorded for s in good)
                 rr.identical_share = round(rr.identical / len(good), 6)
-                rr.mean_similarity_to_recording = _mean([s.similarity for s in good])
-                rr.mean_pairwise_similarity = divergence.mean_pairwise_similarity([divergence.text_of(s.output) for s in good])
+                rr.mean_similarity_to_recording = _mean([_similarity(s) for s in good])
+                rr.mean_pairwise_similarity = divergence.mean_pairwise_similarity([divergence.text_of(_output(s)) for s in good])
                 if embedding_model:
                     await _embeddings(client, upstream, embedding_model, auth, recorded, good, rr)
             for s in rr.samples:
                 if not s.error:
-                    store.add_event({
-                        "time": s.time, "source": "audit", "mode": "audit", "key": entry.key, "endpoint": entry.endpoint,
-                        "model": entry.model, "namespace": entry.namespace,
-                        "recorded_fingerprint": entry.fingerprint, "live_fingerprint": s.fingerprint,
-                        "verdict": s.verdict, "similarity": s.similarity, "embedding_distance": s.embedding_distance,
-                        "first_difference": s.first_difference,
-                        "recorded_output": recorded, "live_output": s.output,
-                    })
+                    store.add_event(
+                        events.divergence_event(
+                            source="audit",
+                            mode="audit",
+                            recorded=entry,
+                            verdict=s.verdict,
+                            similarity=_similarity(s),
+                            live_fingerprint=s.fingerprint,
+                            first_difference=s.first_difference,
+                            recorded_output=recorded,
+                            live_output=_output(s),
+                            embedding_distance=s.embedding_distance,
+                            at=s.time,
+                        )
+                    )
             return rr
 
         report.requests = list(await asyncio.gather(*(audit_one(e) for e in entries)))
@@ -193,42 +224,31 @@ async def run(
     report.verdict_shares = {v: round(counts.get(v, 0) / len(good), 6) if good else 0.0 for v in divergence.VERDICTS}
     if good:
         report.identical_share = round(sum(rr.identical for rr in report.requests) / len(good), 6)
-        report.mean_similarity_to_recording = _mean([s.similarity for s in good])
+        report.mean_similarity_to_recording = _mean([_similarity(s) for s in good])
     report.finished = time.time()
     return report
 
 
 async def _embeddings(client, upstream, model, auth, recorded, good: list[Sample], rr: RequestReport) -> None:
     """Cookbook measure: cosine distances of embeddings, to the recording and between samples."""
-    texts = [divergence.text_of(recorded)] + [divergence.text_of(s.output) for s in good]
+    texts = [divergence.text_of(recorded)] + [divergence.text_of(_output(s)) for s in good]
     try:
         vecs = await embedder.embed(client, upstream, model, [t or " " for t in texts], auth)
     except (httpx.HTTPError, KeyError, ValueError):
         return
-    for s, v in zip(good, vecs[1:]):
-        s.embedding_distance = round(divergence.cosine_distance(vecs[0], v), 6)
-    rr.mean_embedding_distance_to_recording = _mean([s.embedding_distance for s in good])
+    if len(vecs) < len(texts):
+        return  # an embedding missing: no measure, as when the request fails
+    distances = [round(divergence.cosine_distance(vecs[0], v), 6) for v in vecs[1 : len(texts)]]
+    for s, d in zip(good, distances):
+        s.embedding_distance = d
+    rr.mean_embedding_distance_to_recording = _mean(distances)
     pairs = [divergence.cosine_distance(vecs[i], vecs[j]) for i in range(1, len(vecs)) for j in range(i + 1, len(vecs))]
     rr.mean_pairwise_embedding_distance = _mean(pairs)
 
 
-def select(store: Store, *, model: str | None = None, key_prefix: str | None = None,
-           older_than: float | None = None, newer_than: float | None = None) -> list[TapeEntry]:
-    """The newest entry of each request key that passes the filters (ages in seconds)."""
-    now = time.time()
-    newest: dict[str, TapeEntry] = {}
-    for e in store.entries():
-        if model and e.model != model and (e.request.get("body") or {}).get("model") != model:
-            continue
-        if key_prefix and not e.key.startswith(key_prefix.lower()):
-            continue
-        if older_than is not None and now - e.recorded_at < older_than:
-            continue
-        if newer_than is not None and now - e.recorded_at > newer_than:
-            continue
-        if e.key not in newest or e.recorded_at > newest[e.key].recorded_at:
-            newest[e.key] = e
-    return sorted(newest.values(), key=lambda e: e.key)
+def select(store: Store, f: EntryFilter) -> list[TapeEntry]:
+    """The newest entry of each request key that passes the filter."""
+    return newest_per_key(e for e in store.entries() if f.entry(e))
 
 
 def exceeded(report: AuditReport, thresholds: dict[str, float]) -> list[str]:

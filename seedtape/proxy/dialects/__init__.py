@@ -1,1 +1,34 @@
-"""API dialects: what each API surface means (paths, seeds, streams, outputs)."""
+"""API dialects: what each API surface means (paths, seeds, streams, outputs, fingerprints).
+
+The registry below is the one place that lists them; the rest of the core asks
+``match(method, path)`` or ``named(name)`` for a dialect and then asks it.
+"""
+
+from __future__ import annotations
+
+from seedtape.proxy.dialects.base import NO_FINGERPRINT, Dialect
+from seedtape.proxy.dialects.chat import Chat
+from seedtape.proxy.dialects.completions import Completions
+from seedtape.proxy.dialects.embeddings import Embeddings
+
+CHAT, COMPLETIONS, EMBEDDINGS = Chat(), Completions(), Embeddings()
+ALL: tuple[Dialect, ...] = (CHAT, COMPLETIONS, EMBEDDINGS)  # CHAT before COMPLETIONS: its suffix is longer
+_BY_NAME = {d.name: d for d in ALL}
+
+__all__ = ["ALL", "CHAT", "COMPLETIONS", "EMBEDDINGS", "NO_FINGERPRINT", "Dialect", "guess_path", "match", "named"]
+
+
+def match(method: str, path: str) -> Dialect | None:
+    """The dialect a request speaks, or None (passed through untouched)."""
+    return next((d for d in ALL if d.matches(method, path)), None)
+
+
+def named(name: str) -> Dialect:
+    """The dialect a tape entry names; KeyError for one seedtape does not know."""
+    return _BY_NAME[name]
+
+
+def guess_path(body: dict) -> str:
+    """The path a bare request body was most likely sent to (`seedtape explain` without --path)."""
+    d = next((d for d in ALL if d.request_text_field in body), CHAT)
+    return "/v1" + d.suffix

@@ -34,8 +34,10 @@ class Change:
     def __str__(self) -> str:
         a, b = shorten_pair(self.a, self.b)
         if isinstance(self.a, str) != isinstance(self.b, str):  # "0.7" vs 0.7: show that one is a string
-            a, b = (json.dumps(v, ensure_ascii=False) if isinstance(v, str) and not t.startswith('"') else t
-                    for v, t in ((self.a, a), (self.b, b)))
+            a, b = (
+                json.dumps(v, ensure_ascii=False) if isinstance(v, str) and not t.startswith('"') else t
+                for v, t in ((self.a, a), (self.b, b))
+            )
         return f"{self.path or '(whole)'}: {a} != {b}"
 
 
@@ -64,7 +66,13 @@ def diff(a: object, b: object, path: str = "") -> list[Change]:
         return []
     if type(a) is type(b) and a == b:
         return []
-    if isinstance(a, (int, float)) and isinstance(b, (int, float)) and not isinstance(a, bool) and not isinstance(b, bool) and a == b:
+    if (
+        isinstance(a, (int, float))
+        and isinstance(b, (int, float))
+        and not isinstance(a, bool)
+        and not isinstance(b, bool)
+        and a == b
+    ):
         return []
     return [Change(path, a, b)]
 

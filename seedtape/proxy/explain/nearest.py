@@ -74,8 +74,12 @@ class Near:
     changes: list[jsondiff.Change]
 
     def to_json(self) -> dict:
-        return {"key": self.key, "score": round(self.score, 4), "fingerprints": self.fingerprints,
-                "differences": [c.to_json() | {"text": str(c)} for c in self.changes]}
+        return {
+            "key": self.key,
+            "score": round(self.score, 4),
+            "fingerprints": self.fingerprints,
+            "differences": [c.to_json() | {"text": str(c)} for c in self.changes],
+        }
 
 
 @dataclass
@@ -201,8 +205,13 @@ class NearestIndex:
             return [(self._keys[i], float(score[i]), self._requests[i]) for i in top if score[i] > 0]
 
 
-def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinned: str | None = None,
-            redact: Callable[[dict], dict] | None = None) -> Explanation:
+def explain(
+    store: Store,
+    index: NearestIndex,
+    canonical: CanonicalRequest,
+    pinned: str | None = None,
+    redact: Callable[[dict], dict] | None = None,
+) -> Explanation:
     """Why ``canonical`` has no recording to replay, and the nearest ones that exist.
 
     ``redact`` scrubs the request as recordings were scrubbed (--redact-field): a redacted
@@ -212,8 +221,11 @@ def explain(store: Store, index: NearestIndex, canonical: CanonicalRequest, pinn
     ex = Explanation(key=key, path=canonical.path)
     fps = store.fingerprints(key)
     if fps:
-        ex.note = (f"Same request, recorded only under fingerprint {', '.join(fps)} "
-                   f"(pinned {pinned})." if pinned else f"Same request, recorded under {', '.join(fps)}.")
+        ex.note = (
+            f"Same request, recorded only under fingerprint {', '.join(fps)} (pinned {pinned})."
+            if pinned
+            else f"Same request, recorded under {', '.join(fps)}."
+        )
         return ex
     request = redact(canonical.to_json()) if redact else canonical.to_json()
     mine = comparable(request)

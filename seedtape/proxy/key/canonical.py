@@ -4,7 +4,7 @@ Two requests that mean the same thing must get the same key, however a client
 spelled them. The rules are versioned (KEY_VERSION enters every key), so a rule
 change can never silently serve an old recording for a new meaning.
 
-Rules, version 1 (README "Request key" repeats them):
+Rules, version 1 (docs/request-key.md repeats them):
 
 1. method is upper-cased.
 2. path: repeated slashes collapse, a trailing slash is dropped.
@@ -99,17 +99,15 @@ def normalize_numbers(value: object) -> object:
 
 
 def dumps_canonical(value: object) -> bytes:
-    return json.dumps(
-        value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False
-    ).encode("utf-8", "surrogatepass")
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), ensure_ascii=False, allow_nan=False).encode(
+        "utf-8", "surrogatepass"
+    )
 
 
 def canonical_body(body: object, ignored_fields: frozenset[str] | set[str]) -> object:
     """The body as it enters the key: ignore rules applied, numbers normalized."""
     if isinstance(body, dict):
-        body = {
-            k: v for k, v in body.items() if k not in ignored_fields and k not in ALWAYS_IGNORED_FIELDS
-        }
+        body = {k: v for k, v in body.items() if k not in ignored_fields and k not in ALWAYS_IGNORED_FIELDS}
     return normalize_numbers(body)
 
 

@@ -37,7 +37,9 @@ class Pacer:
             head = await reader.readuntil(b"\r\n\r\n")
             lines = head.decode("latin-1").split("\r\n")
             token = lines[0].split(" ")[1].lstrip("/")
-            length = next((int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.strip().lower() == "content-length"), 0)
+            length = next(
+                (int(v) for k, _, v in (ln.partition(":") for ln in lines[1:]) if k.strip().lower() == "content-length"), 0
+            )
             if length:
                 await reader.readexactly(length)
             reply = self._pending.pop(token, None)
@@ -63,3 +65,17 @@ class Pacer:
         if self._server is not None:
             self._server.close()
             await self._server.wait_closed()
+
+
+def paced(body: bytes, gaps: list[list[float]], factor: float) -> list[tuple[float, bytes]]:
+    """Split a recorded stream at its recorded reads, with the gaps between them scaled."""
+    out, start, last_t = [], 0, 0.0
+    for offset, t in gaps:
+        offset = int(offset)
+        if offset <= start or offset > len(body):
+            continue
+        out.append((max(0.0, (t - last_t) * factor), body[start:offset]))
+        start, last_t = offset, t
+    if start < len(body):
+        out.append((0.0, body[start:]))
+    return out

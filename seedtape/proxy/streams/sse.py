@@ -48,8 +48,10 @@ class SSEParser:
         """End of stream: a trailing event without its blank line is dispatched too."""
         out = self.feed(b"\n") if self._buf else []
         if self._data:
-            out += [self._dispatch()]
-        return [e for e in out if e is not None]
+            ev = self._dispatch()
+            if ev is not None:
+                out.append(ev)
+        return out
 
     @property
     def pending(self) -> bool:

@@ -1,24 +1,26 @@
 """Taping a live event stream as it passes through, and judging whether it is complete.
 
-Only a stream the upstream finished (``data: [DONE]``, or a clean end) whose
-every event is a JSON chunk, with a finish_reason, is worth recording. A cut,
-an error event or a malformed event makes the tape unrecordable.
+The tape keeps the exact bytes and when each read arrived (for paced replay);
+the stream's dialect reads each event (a chunk, the end, or a problem) and
+judges completeness, so only a stream the upstream finished is recorded: a
+cut, an error event or a malformed event makes the tape unrecordable.
 """
 
 from __future__ import annotations
 
-import json
 import time
 
-from seedtape.proxy.streams.sse import DONE, SSEParser
+from seedtape.proxy.dialects.base import Dialect, StreamEvent
+from seedtape.proxy.streams.sse import SSEParser
 
 
 class StreamTape:
-    def __init__(self) -> None:
+    def __init__(self, dialect: Dialect) -> None:
+        self.dialect = dialect
         self.raw = bytearray()
         self.gaps: list[list[float]] = []  # [byte offset where a read ended, seconds since the first byte]
         self.chunks: list[dict] = []
-        self.done = False  # saw data: [DONE]
+        self.done = False  # the dialect's end event arrived (chat: data: [DONE])
         self.ended = False  # the upstream closed the body cleanly
         self.problem = ""
         self._parser = SSEParser()
@@ -40,37 +42,27 @@ class StreamTape:
     def _take(self, events) -> None:
         for ev in events:
             if self.done:
-                self.problem = self.problem or "events after [DONE]"
-            elif ev.data == DONE:
+                self.problem = self.problem or "events after the stream's end"
+                continue
+            kind, value = self.dialect.read_event(ev)
+            if kind == StreamEvent.END:
                 self.done = True
+            elif kind == StreamEvent.CHUNK:
+                assert isinstance(value, dict)
+                self.chunks.append(value)
             else:
-                try:
-                    chunk = json.loads(ev.data)
-                except ValueError:
-                    self.problem = self.problem or "an event is not JSON"
-                    continue
-                if not isinstance(chunk, dict) or "error" in chunk:
-                    self.problem = self.problem or "the stream carried an error event"
-                    continue
-                self.chunks.append(chunk)
+                self.problem = self.problem or str(value)
         if self._parser.malformed:
             self.problem = self.problem or "an event is not UTF-8"
 
     @property
-    def fingerprint(self) -> str | None:
-        for c in self.chunks:
-            if isinstance(c.get("system_fingerprint"), str) and c["system_fingerprint"]:
-                return c["system_fingerprint"]
-        return None
+    def fingerprint(self) -> str:
+        return self.dialect.stream_fingerprint(self.chunks)
+
+    @property
+    def model(self) -> str:
+        return self.dialect.stream_model(self.chunks)
 
     def verdict(self) -> str:
         """Empty when the stream is complete and recordable, else why not."""
-        if self.problem:
-            return self.problem
-        if not (self.done or self.ended):
-            return "the stream did not finish"
-        if not self.chunks:
-            return "the stream carried no events"
-        if not any(c.get("finish_reason") for ch in self.chunks for c in ch.get("choices") or []):
-            return "the stream ended without a finish_reason"
-        return ""
+        return self.problem or self.dialect.stream_problem(self.chunks, self.done, self.ended)

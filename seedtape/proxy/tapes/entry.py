@@ -11,22 +11,10 @@ import re
 import struct
 from dataclasses import asdict, dataclass, field
 
-from seedtape.proxy.streams.sse import DONE, parse
+from seedtape.proxy import dialects
 
 MAGIC = b"ST1"
 _LEN = struct.Struct(">I")
-
-NO_FINGERPRINT = "fp_none"  # stable stand-in when the upstream sends no system_fingerprint
-
-
-def fingerprint_of(body: object) -> str:
-    """The system_fingerprint of a response body, or the stable stand-in."""
-    if isinstance(body, dict):
-        fp = body.get("system_fingerprint")
-        if isinstance(fp, str) and fp:
-            return fp
-    return NO_FINGERPRINT
-
 
 MAX_FINGERPRINT = 200  # real ones are ~13 characters; the store's keys hold at most 511 bytes
 _FINGERPRINT = re.compile(r"[\x21-\x7e]+")
@@ -115,8 +103,8 @@ class TapeEntry:
         return meta
 
     def sse_chunks(self) -> list[dict]:
-        """The JSON chunks of a recorded stream, without [DONE]."""
-        return [json.loads(e.data) for e in parse(self.body) if e.data != DONE]
+        """The JSON chunks of a recorded stream, without its end marker."""
+        return dialects.named(self.endpoint).chunks(self.body)
 
     def json_body(self) -> object | None:
         if self.format != "json":

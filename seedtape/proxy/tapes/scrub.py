@@ -1,6 +1,6 @@
 """Scrubbing for exported tapes: headers and JSON fields that must not leave the machine.
 
-Headers: the secret ones (``headers.SECRET_HEADERS``, and any name that mentions
+Headers: the secret ones (``headers.is_secret``: the named ones and any name that mentions
 auth, api-key, cookie, secret, password or session) are always dropped; more
 names can be dropped on request. Stored headers are already allow-listed; this
 is defence in depth for what goes into a repository.
@@ -20,16 +20,13 @@ from __future__ import annotations
 
 import copy
 import json
-import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from seedtape.proxy.headers import SECRET_HEADERS
+from seedtape.proxy.headers import is_secret
 
 SCRUBBED = "[scrubbed]"
 WHERE = ("request", "response")
-
-_SECRET_WORDS = re.compile(r"auth|api-?key|cookie|secret|passw|session")
 
 
 @dataclass(frozen=True)
@@ -47,19 +44,15 @@ def parse_field(text: str) -> FieldPath:
     where, _, rest = text.strip().partition(".")
     if where not in WHERE or not rest:
         raise ValueError(
-            f"{text!r} is not a field path: start with request. or response., "
-            "e.g. request.body.messages.*.content or response.id"
+            f"{text!r} is not a field path: start with request. or response., e.g. request.body.messages.*.content or response.id"
         )
     steps = tuple(rest.split("."))
     if "" in steps:
-        raise ValueError(f"{text!r} has an empty step: steps are keys, array indexes or *, separated by single dots, "
-                         "e.g. request.body.messages.*.content")
+        raise ValueError(
+            f"{text!r} has an empty step: steps are keys, array indexes or *, separated by single dots, "
+            "e.g. request.body.messages.*.content"
+        )
     return FieldPath(where, steps, text.strip())
-
-
-def is_secret_header(name: str) -> bool:
-    name = name.lower()
-    return name in SECRET_HEADERS or bool(_SECRET_WORDS.search(name))
 
 
 def headers(pairs: Iterable[list[str]], drop: Iterable[str] = ()) -> tuple[list[list[str]], int]:
@@ -67,7 +60,7 @@ def headers(pairs: Iterable[list[str]], drop: Iterable[str] = ()) -> tuple[list[
     drop = {d.lower() for d in drop}
     out, dropped = [], 0
     for name, value in pairs:
-        if is_secret_header(name):
+        if is_secret(name):
             continue
         if name.lower() in drop:
             dropped += 1
@@ -144,7 +137,7 @@ def _sse(data: bytes, paths: list[FieldPath]) -> tuple[bytes, int]:
     out, total = [], 0
     for line in data.splitlines(keepends=True):
         text = line.rstrip(b"\r\n")
-        end = line[len(text):]
+        end = line[len(text) :]
         if text.startswith(b"data:"):
             payload = text[5:].removeprefix(b" ")
             try:

@@ -19,6 +19,7 @@ import json
 import os
 import time
 from collections.abc import Callable, Iterator
+from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TypeVar
 
@@ -79,7 +80,9 @@ class Store:
             if optional:
                 return None
             self.env.close()
-            raise StoreError(f"{self.path} is an LMDB directory but not a seedtape store (no {name.decode()!r} database)") from None
+            raise StoreError(
+                f"{self.path} is an LMDB directory but not a seedtape store (no {name.decode()!r} database)"
+            ) from None
 
     def _retry(self, fn: Callable[[], T]) -> T:
         """Run a transaction, adopting or growing the map as other writers require."""
@@ -91,17 +94,17 @@ class Store:
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
                 if size >= MAX_MAP_SIZE:
-                    raise StoreError(f"the store at {self.path} reached {size} bytes and cannot grow further")
+                    raise StoreError(f"the store at {self.path} reached {size} bytes and cannot grow further") from None
                 self.env.set_mapsize(size * 2)
 
-    def _write(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _write(self, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         def run() -> T:
             with self.env.begin(write=True) as txn:
                 return fn(txn)
 
         return self._retry(run)
 
-    def _read(self, fn: Callable[[lmdb.Transaction], T]) -> T:
+    def _read(self, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         def run() -> T:
             with self.env.begin(buffers=False) as txn:
                 return fn(txn)
@@ -115,6 +118,7 @@ class Store:
                 raise StoreError(f"{self.path} is not a seedtape store (no schema version)")
             self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta, overwrite=False))
             found = self._read(lambda txn: txn.get(b"schema", db=self._meta))
+            assert found is not None, "committed just above (by us or a concurrent writer), never deleted"
         if found != str(SCHEMA_VERSION).encode():
             raise StoreError(
                 f"the store at {self.path} has schema version {found.decode(errors='replace')}, "
@@ -130,18 +134,16 @@ class Store:
         ``as_is`` (import) keeps the entry's own timestamps and counts.
         """
 
-        def write(txn: lmdb.Transaction) -> TapeEntry:
+        def write(txn: lmdb.Transaction[bytes]) -> TapeEntry:
             k = _entry_key(entry.key, entry.fingerprint)
             old = txn.get(k, db=self._entries)
             if old is not None and not as_is:
                 prev = TapeEntry.decode(old)
-                entry.first_recorded_at = prev.first_recorded_at or prev.recorded_at
+                # min: another process may have committed a recording stamped after this one
+                entry.first_recorded_at = min(prev.first_recorded_at or prev.recorded_at, entry.recorded_at)
                 entry.times_recorded = prev.times_recorded + 1
             txn.put(k, entry.encode(), db=self._entries)
-            cur = txn.get(entry.key.encode(), db=self._latest)
-            if cur is None or json.loads(cur)["recorded_at"] <= entry.recorded_at:
-                latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
-                txn.put(entry.key.encode(), latest, db=self._latest)
+            self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
             return entry
 
         if not entry.recorded_at:
@@ -158,7 +160,7 @@ class Store:
         later (or at the same time): it stays. The newest fingerprint of a key is its latest recorded_at.
         """
 
-        def write(txn: lmdb.Transaction) -> list[str]:
+        def write(txn: lmdb.Transaction[bytes]) -> list[str]:
             out = []
             for entry in entries:
                 k = _entry_key(entry.key, entry.fingerprint)
@@ -169,10 +171,7 @@ class Store:
                         out.append("unchanged" if prev == entry else "kept")
                         continue
                 txn.put(k, entry.encode(), db=self._entries)
-                cur = txn.get(entry.key.encode(), db=self._latest)
-                if cur is None or json.loads(cur)["recorded_at"] <= entry.recorded_at:
-                    latest = json.dumps({"fingerprint": entry.fingerprint, "recorded_at": entry.recorded_at}).encode()
-                    txn.put(entry.key.encode(), latest, db=self._latest)
+                self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
                 out.append("imported" if old is None else "updated")
             return out
 
@@ -181,7 +180,7 @@ class Store:
     def delete(self, key: str, fingerprint: str) -> bool:
         """Remove one entry; the key's newest fingerprint falls back to the next most recent."""
 
-        def write(txn: lmdb.Transaction) -> bool:
+        def write(txn: lmdb.Transaction[bytes]) -> bool:
             if not txn.delete(_entry_key(key, fingerprint), db=self._entries):
                 return False
             prefix = f"{key}\0".encode()
@@ -197,10 +196,18 @@ class Store:
             if best is None:
                 txn.delete(key.encode(), db=self._latest)
             else:
-                txn.put(key.encode(), json.dumps({"fingerprint": best[1], "recorded_at": best[0]}).encode(), db=self._latest)
+                self._offer_latest(txn, key, best[1], best[0], replace=True)
             return True
 
         return self._write(write)
+
+    def _offer_latest(
+        self, txn: lmdb.Transaction[bytes], key: str, fingerprint: str, recorded_at: float, replace: bool = False
+    ) -> None:
+        """Point the key's newest fingerprint here if it is at least as recent as the current one (or ``replace``)."""
+        cur = txn.get(key.encode(), db=self._latest)
+        if replace or cur is None or json.loads(cur)["recorded_at"] <= recorded_at:
+            txn.put(key.encode(), json.dumps({"fingerprint": fingerprint, "recorded_at": recorded_at}).encode(), db=self._latest)
 
     def salt(self) -> bytes:
         """This store's random salt (made on first use), for hashing credentials into keys."""
@@ -208,6 +215,7 @@ class Store:
         if found is None:
             self._write(lambda txn: txn.put(b"salt", os.urandom(32), db=self._meta, overwrite=False))
             found = self._read(lambda txn: txn.get(b"salt", db=self._meta))
+            assert found is not None, "committed just above (by us or a concurrent writer), never deleted"
         return found
 
     def add_event(self, event: dict) -> str:
@@ -230,7 +238,7 @@ class Store:
     def get(self, key: str, fingerprint: str | None = None) -> TapeEntry | None:
         """The entry for key under ``fingerprint``, or under its newest fingerprint."""
 
-        def read(txn: lmdb.Transaction) -> bytes | None:
+        def read(txn: lmdb.Transaction[bytes]) -> bytes | None:
             fp = fingerprint
             if fp is None:
                 raw = txn.get(key.encode(), db=self._latest)
@@ -245,7 +253,7 @@ class Store:
     def fingerprints(self, key: str) -> list[str]:
         prefix = f"{key}\0".encode()
 
-        def read(txn: lmdb.Transaction) -> list[str]:
+        def read(txn: lmdb.Transaction[bytes]) -> list[str]:
             cur = txn.cursor(db=self._entries)
             out = []
             if cur.set_range(prefix):
@@ -271,7 +279,7 @@ class Store:
         """Request keys that start with ``prefix``."""
         p = prefix.encode()
 
-        def read(txn: lmdb.Transaction) -> list[str]:
+        def read(txn: lmdb.Transaction[bytes]) -> list[str]:
             cur = txn.cursor(db=self._latest)
             out = []
             if cur.set_range(p):
@@ -285,13 +293,14 @@ class Store:
 
     def stats_counts(self) -> dict:
         """Entry and request-key counts, without reading any entry (cheap: for polling)."""
-        return self._read(lambda txn: {"entries": txn.stat(self._entries)["entries"],
-                                       "request_keys": txn.stat(self._latest)["entries"]})
+        return self._read(
+            lambda txn: {"entries": txn.stat(self._entries)["entries"], "request_keys": txn.stat(self._latest)["entries"]}
+        )
 
-    def requests(self, skip: set[str] = frozenset()) -> Iterator[tuple[str, dict]]:
+    def requests(self, skip: AbstractSet[str] = frozenset()) -> Iterator[tuple[str, dict]]:
         """(request key, canonical request) for every key not in ``skip``, reading headers only."""
 
-        def read(txn: lmdb.Transaction) -> list[tuple[str, bytes]]:
+        def read(txn: lmdb.Transaction[bytes]) -> list[tuple[str, bytes]]:
             out, last = [], None
             for k, v in txn.cursor(db=self._entries):
                 key = k.split(b"\0", 1)[0].decode()
@@ -304,7 +313,7 @@ class Store:
             yield key, TapeEntry.decode_header(raw)["request"]
 
     def stats(self) -> dict:
-        def read(txn: lmdb.Transaction) -> dict:
+        def read(txn: lmdb.Transaction[bytes]) -> dict:
             fps = {k.split(b"\0", 1)[1] for k in txn.cursor(db=self._entries).iternext(values=False)}
             return {
                 "entries": txn.stat(self._entries)["entries"],

@@ -66,14 +66,13 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from datetime import datetime, timedelta, timezone
+from datetime import UTC, datetime, timedelta
 from decimal import ROUND_FLOOR, Decimal
 from itertools import groupby
 from pathlib import Path
 
-from seedtape.proxy import strictjson
-from seedtape.proxy.dialects import endpoints
-from seedtape.proxy.headers import refusal
+from seedtape.proxy import dialects, strictjson
+from seedtape.proxy.headers import is_secret, refusal
 from seedtape.proxy.key.canonical import dumps_canonical
 from seedtape.proxy.printable import escape
 from seedtape.proxy.streams.streamtape import StreamTape
@@ -104,7 +103,7 @@ _BODY_FILE = re.compile(r"([a-z0-9][a-z0-9_-]*)\.body\.(json|sse|bin)")
 _TMP_FILE = re.compile(r"\.[a-z0-9][a-z0-9_.-]*\.\d+\.tmp")
 _ISO = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z")
 _WINDOWS_RESERVED = frozenset({"con", "prn", "aux", "nul", *(f"com{i}" for i in range(10)), *(f"lpt{i}" for i in range(10))})
-_EPOCH = datetime(1970, 1, 1, tzinfo=timezone.utc)
+_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 # Import limits: far above anything recorded, low enough that no tape can exhaust memory or time.
 MAX_JSON_FILE = 16 << 20  # marker, request.json, entry files
@@ -114,15 +113,29 @@ MAX_HEADERS = 100  # the allow-list passes about a dozen
 MAX_MODEL, MAX_NAMESPACE = 256, 1024
 MAX_TIMES_RECORDED = 10**9
 MAX_GAP_SECONDS = 3600.0  # a paced replay waits this long: no tape may make it wait for days
-EARLIEST = datetime(2020, 1, 1, tzinfo=timezone.utc).timestamp()  # before seedtape existed
+EARLIEST = datetime(2020, 1, 1, tzinfo=UTC).timestamp()  # before seedtape existed
 FUTURE_SLACK = 86400.0  # clock skew between machines; later than that would win every merge
 UNRECORDED_STATUSES = (204, 205)  # no body: nothing seedtape could replay
-ENDPOINTS = {e.name: e for e in endpoints.RECORDABLE}
+ENDPOINTS = {d.name: d for d in dialects.ALL}
 EXTRA_FIELDS = {"json": (), "sse": ("gaps", "include_usage")}  # what Tapedeck.finish/finish_stream write
 NOT_REGULAR = "import reads only regular files inside the tape directory (no symlink, FIFO, socket or device)"
 
-ENTRY_FIELDS = ("body", "endpoint", "extra", "fingerprint", "first_recorded_at", "format", "headers", "key", "model",
-                "namespace", "recorded_at", "status", "times_recorded", "upstream_ms")
+ENTRY_FIELDS = (
+    "body",
+    "endpoint",
+    "extra",
+    "fingerprint",
+    "first_recorded_at",
+    "format",
+    "headers",
+    "key",
+    "model",
+    "namespace",
+    "recorded_at",
+    "status",
+    "times_recorded",
+    "upstream_ms",
+)
 
 
 class TapeFileError(ValueError):
@@ -153,8 +166,10 @@ class ExportResult:
     scrubbed_headers: int = 0  # headers dropped by --scrub-header
 
     def summary(self) -> str:
-        out = (f"exported {self.keys} request keys, {self.entries} entries to {self.path}: "
-               f"{self.written} written, {self.unchanged} unchanged, {self.removed} removed")
+        out = (
+            f"exported {self.keys} request keys, {self.entries} entries to {self.path}: "
+            f"{self.written} written, {self.unchanged} unchanged, {self.removed} removed"
+        )
         if self.scrubbed_fields or self.scrubbed_headers:
             out += f"; scrubbed {self.scrubbed_fields} field values, {self.scrubbed_headers} headers"
         return out
@@ -173,16 +188,22 @@ class ImportResult:
     unchecked: dict[str, list[str]] = field(default_factory=dict)  # key -> "[scrubbed]" paths in its request
 
     def summary(self) -> str:
-        out = (f"imported {self.keys} request keys, {self.entries} entries from {self.path}: "
-               f"{self.imported} imported, {self.updated} updated, {self.unchanged} unchanged, "
-               f"{self.kept} kept (newer in the store)")
+        out = (
+            f"imported {self.keys} request keys, {self.entries} entries from {self.path}: "
+            f"{self.imported} imported, {self.updated} updated, {self.unchanged} unchanged, "
+            f"{self.kept} kept (newer in the store)"
+        )
         if self.unchecked:  # a reviewer must know which requests the tape alone vouches for
             n = len(self.unchecked)
-            shown = [f"{k[:12]} ({', '.join(_short(p) for p in paths[:3])}{', …' if len(paths) > 3 else ''})"
-                     for k, paths in sorted(self.unchecked.items())[:10]]
+            shown = [
+                f"{k[:12]} ({', '.join(_short(p) for p in paths[:3])}{', …' if len(paths) > 3 else ''})"
+                for k, paths in sorted(self.unchecked.items())[:10]
+            ]
             more = f", and {n - 10} more" if n > 10 else ""
-            out += (f"\n{n} request{'s' if n > 1 else ''} with scrubbed fields could not be checked against "
-                    f"{'their keys' if n > 1 else 'its key'}: {', '.join(shown)}{more}")
+            out += (
+                f"\n{n} request{'s' if n > 1 else ''} with scrubbed fields could not be checked against "
+                f"{'their keys' if n > 1 else 'its key'}: {', '.join(shown)}{more}"
+            )
         return out
 
 
@@ -212,7 +233,7 @@ def parse_time(text: str) -> float:
     m = _ISO.fullmatch(text) if isinstance(text, str) else None
     if not m:
         raise ValueError(f"{text!r} is not a time like 2025-01-31T12:00:00.123456Z")
-    whole = (datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=timezone.utc) - _EPOCH) // timedelta(seconds=1)
+    whole = (datetime.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC) - _EPOCH) // timedelta(seconds=1)
     return float(Decimal(whole) + Decimal("0" + (m.group(2) or "")))
 
 
@@ -264,25 +285,29 @@ def _check_marker(root_fd: int, root: Path, *, required: bool) -> None:
         os.stat(MARKER, dir_fd=root_fd, follow_symlinks=False)
     except FileNotFoundError:
         if required:
-            raise TapeFileError(root, f"not a seedtape tape directory (no {MARKER}): "
-                                      "export one with `seedtape export`") from None
+            raise TapeFileError(root, f"not a seedtape tape directory (no {MARKER}): export one with `seedtape export`") from None
         return
     except OSError:
         pass  # reading it says why
     doc, _ = _load_json(root_fd, MARKER, marker, _Budget())
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
-        raise TapeFileError(marker, f"not a seedtape tape marker (no \"format\": \"{FORMAT}\")")
+        raise TapeFileError(marker, f'not a seedtape tape marker (no "format": "{FORMAT}")')
     if doc.get("version") != VERSION:
-        raise TapeFileError(marker, f"tape format version {_short(doc.get('version'), 20)}, but this seedtape reads "
-                                    f"and writes version {VERSION}: use a matching seedtape release or another directory")
+        raise TapeFileError(
+            marker,
+            f"tape format version {_short(doc.get('version'), 20)}, but this seedtape reads "
+            f"and writes version {VERSION}: use a matching seedtape release or another directory",
+        )
 
 
 def _marker_bytes() -> bytes:
-    return dumps_pretty({
-        "format": FORMAT,
-        "version": VERSION,
-        "layout": "<key[:2]>/<key>/request.json, <fingerprint>.entry.json, <fingerprint>.body.json|sse|bin",
-    })
+    return dumps_pretty(
+        {
+            "format": FORMAT,
+            "version": VERSION,
+            "layout": "<key[:2]>/<key>/request.json, <fingerprint>.entry.json, <fingerprint>.body.json|sse|bin",
+        }
+    )
 
 
 def _write_file(path: Path, data: bytes) -> None:
@@ -314,8 +339,10 @@ def _check_inside(root: Path, rel: Path) -> None:
     for depth in range(1, len(rel.parts)):
         d = root.joinpath(*rel.parts[:depth])
         if d.is_symlink() or (d.exists() and not d.is_dir()):
-            raise TapeFileError(d, "is not a plain directory (a symlink?): export writes only inside the tape "
-                                   "directory; remove it and export again")
+            raise TapeFileError(
+                d,
+                "is not a plain directory (a symlink?): export writes only inside the tape directory; remove it and export again",
+            )
 
 
 def _unchanged(target: Path, data: bytes) -> bool:
@@ -351,8 +378,13 @@ def entry_document(e: TapeEntry, stem: str, body: bytes, headers: list[list[str]
     }
 
 
-def export(store: Store, path: str | os.PathLike, *, scrub_headers: tuple[str, ...] | list[str] = (),
-           scrub_fields: tuple[str | FieldPath, ...] | list[str | FieldPath] = ()) -> ExportResult:
+def export(
+    store: Store,
+    path: str | os.PathLike,
+    *,
+    scrub_headers: tuple[str, ...] | list[str] = (),
+    scrub_fields: tuple[str | FieldPath, ...] | list[str | FieldPath] = (),
+) -> ExportResult:
     """Write every entry of ``store`` under ``path`` (see the module doc); ValueError for a bad field path."""
     root = Path(path)
     if root.exists() and not root.is_dir():
@@ -433,7 +465,9 @@ def _remove_stale(root: Path, keep: set[Path]) -> int:
 
 
 def _line_at(data: bytes | str, offset: int) -> int:
-    return data[:offset].count(b"\n" if isinstance(data, bytes) else "\n") + 1
+    if isinstance(data, bytes):
+        return data[:offset].count(b"\n") + 1
+    return data[:offset].count("\n") + 1
 
 
 @contextmanager
@@ -454,7 +488,9 @@ def _open_dir(name: str | Path, path: Path, dir_fd: int | None = None, *, follow
 
 def _scan(dir_fd: int, path: Path) -> tuple[list[str], list[str]]:
     """(regular files, directories) in a directory, sorted; a symlink, FIFO, socket or device there is refused."""
-    files, dirs, odd = [], [], []
+    files: list[str] = []
+    dirs: list[str] = []
+    odd: list[str] = []
     try:
         with os.scandir(dir_fd) as it:
             for d in it:
@@ -498,8 +534,7 @@ class _Budget:
         self.left -= n
 
 
-def _read(dir_fd: int, name: str, path: Path, limit: int, too_big: Callable[[int], TapeFileError],
-          budget: _Budget) -> bytes:
+def _read(dir_fd: int, name: str, path: Path, limit: int, too_big: Callable[[int], TapeFileError], budget: _Budget) -> bytes:
     """A regular file's bytes: never through a symlink, never blocking on a FIFO, size checked before reading."""
     try:
         if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
@@ -533,8 +568,14 @@ def _read(dir_fd: int, name: str, path: Path, limit: int, too_big: Callable[[int
 
 def _load_json(dir_fd: int, name: str, path: Path, budget: _Budget) -> tuple[object, str]:
     """A tape JSON file, parsed strictly: what a reviewer reads is what import takes."""
-    data = _read(dir_fd, name, path, MAX_JSON_FILE, lambda n: TapeFileError(
-        path, f"has {n} bytes, over the {MAX_JSON_FILE >> 20} MiB of any tape file seedtape writes"), budget)
+    data = _read(
+        dir_fd,
+        name,
+        path,
+        MAX_JSON_FILE,
+        lambda n: TapeFileError(path, f"has {n} bytes, over the {MAX_JSON_FILE >> 20} MiB of any tape file seedtape writes"),
+        budget,
+    )
     try:
         text = data.decode("utf-8")
     except UnicodeDecodeError as e:
@@ -558,7 +599,7 @@ def _locate(text: str, message: str) -> int | None:
     if m := re.match(r"(\S+) is (?:not valid JSON|too large)", message):
         literal = re.escape(m.group(1))
     elif "-digit integer" in message:
-        literal = r"-?\d{%d,}" % (strictjson.MAX_INT_DIGITS + 1)
+        literal = rf"-?\d{{{strictjson.MAX_INT_DIGITS + 1},}}"
     else:
         return None
     hit = re.search(r"[:\[,]\s*" + literal + r"(?![\w.])", text)
@@ -598,8 +639,11 @@ def _read_request(kfd: int, kdir: Path, budget: _Budget) -> dict:
     if not isinstance(request, dict):
         raise TapeFileError(path, "the canonical request must be a JSON object", 1)
     if hashlib.sha256(dumps_canonical(request)).hexdigest() != kdir.name and not scrubbed_fields(request):
-        raise TapeFileError(path, "does not hash to its key directory: the request a reviewer reads would not be "
-                                  "the one it answers (restore it, or export the store again)")
+        raise TapeFileError(
+            path,
+            "does not hash to its key directory: the request a reviewer reads would not be "
+            "the one it answers (restore it, or export the store again)",
+        )
     return request
 
 
@@ -609,8 +653,9 @@ def _extra_problem(extra: object, fmt: str) -> str | None:
         return "extra must be an object"
     unknown = sorted(set(extra) - set(EXTRA_FIELDS[fmt]))
     if unknown:
-        return (f"extra holds '{_short(unknown[0], 40)}': recording writes "
-                + ("only gaps and include_usage there" if fmt == "sse" else "nothing there for a JSON answer"))
+        return f"extra holds '{_short(unknown[0], 40)}': recording writes " + (
+            "only gaps and include_usage there" if fmt == "sse" else "nothing there for a JSON answer"
+        )
     if not isinstance(extra.get("include_usage", False), bool):
         return "extra.include_usage must be true or false"
     gaps, pairs = extra.get("gaps", []), "extra.gaps must be a list of [byte offset, seconds] pairs"
@@ -639,10 +684,10 @@ def _pieces(body: bytes, size: int = 4096) -> Iterator[bytes]:
         start = end
 
 
-def _body_problem(fmt: str, body: bytes) -> str | None:
+def _body_problem(dialect: dialects.Dialect, fmt: str, body: bytes) -> str | None:
     """Why recording would never have stored this body (None: it would)."""
     if fmt == "sse":
-        tape = StreamTape()
+        tape = StreamTape(dialect)
         for piece in _pieces(body):
             tape.feed(piece)
         tape.feed(b"")
@@ -652,7 +697,7 @@ def _body_problem(fmt: str, body: bytes) -> str | None:
         doc = strictjson.loads(body.decode(json.detect_encoding(body)))
     except ValueError:
         doc = None
-    if not isinstance(doc, dict) or "error" in doc:
+    if dialect.answer_problem(doc):
         return 'not an answer seedtape records: a "json" body is a JSON object without "error"'
     return None
 
@@ -687,8 +732,7 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
         raise bad("fingerprint", f"fingerprint '{fp}' belongs in {file_stem(fp)}.entry.json, not {efile.name}")
     endpoint = ENDPOINTS.get(doc["endpoint"])
     if endpoint is None:
-        raise bad("endpoint", f"endpoint '{_short(doc['endpoint'])}' is not one seedtape records "
-                              f"({', '.join(ENDPOINTS)})")
+        raise bad("endpoint", f"endpoint '{_short(doc['endpoint'])}' is not one seedtape records ({', '.join(ENDPOINTS)})")
     fmt = doc["format"]
     if fmt not in ("json", "sse"):
         raise bad("format", f"format '{_short(fmt)}' is not json or sse")
@@ -696,10 +740,13 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
         raise bad("format", f"{endpoint.name} answers are never streams")
     method, rpath = request.get("method"), request.get("path")
     if isinstance(method, str) and isinstance(rpath, str) and SCRUBBED not in (method, rpath):
-        asked = endpoints.match(method, rpath)
+        asked = dialects.match(method, rpath)
         if asked is None or asked.name != endpoint.name:
-            raise bad("endpoint", f"endpoint {endpoint.name} is not what {REQUEST} asks for "
-                                  f"({_short(method, 10)} {_short(rpath)}): recording stores the one it asks for")
+            raise bad(
+                "endpoint",
+                f"endpoint {endpoint.name} is not what {REQUEST} asks for "
+                f"({_short(method, 10)} {_short(rpath)}): recording stores the one it asks for",
+            )
     for name, limit in (("model", MAX_MODEL), ("namespace", MAX_NAMESPACE)):
         if len(doc[name]) > limit:
             raise bad(name, f"{name} has {len(doc[name])} characters (at most {limit})")
@@ -719,23 +766,27 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
     for name, value in h:
         shown = name if len(name) <= 40 else name[:40] + "…"  # refused either way: a short name in the message
         why = refusal(name, value)
-        why = (refusal(shown, value) or _short(why, 200)) if why else (
-            f"header '{shown}' looks like a secret" if scrub.is_secret_header(name) else None)
+        why = (
+            (refusal(shown, value) or _short(why, 200))
+            if why
+            else (f"header '{shown}' looks like a secret" if is_secret(name) else None)
+        )
         if why:
-            raise bad("headers", f"{why}: import refuses what recording would never have stored",
-                      json.dumps(name, ensure_ascii=False)[:-1])
+            raise bad(
+                "headers",
+                f"{why}: import refuses what recording would never have stored",
+                json.dumps(name, ensure_ascii=False)[:-1],
+            )
     times = {}
     for name in ("recorded_at", "first_recorded_at"):
         try:
             times[name] = parse_time(doc[name])
         except ValueError:
-            raise bad(name, f"{name} {_short(repr(doc[name]))} is not a time like "
-                            "2025-01-31T12:00:00.123456Z") from None
+            raise bad(name, f"{name} {_short(repr(doc[name]))} is not a time like 2025-01-31T12:00:00.123456Z") from None
         if times[name] < EARLIEST:
             raise bad(name, f"{name} {_short(doc[name], 40)} is before 2020: not a time seedtape recorded")
     if times["recorded_at"] > time.time() + FUTURE_SLACK:
-        raise bad("recorded_at", f"recorded_at {_short(doc['recorded_at'], 40)} is in the future: "
-                                 "it would win every later merge")
+        raise bad("recorded_at", f"recorded_at {_short(doc['recorded_at'], 40)} is in the future: it would win every later merge")
     if times["first_recorded_at"] > times["recorded_at"]:
         raise bad("first_recorded_at", "first_recorded_at is after recorded_at")
     if not _is_int(doc["times_recorded"]) or not 1 <= doc["times_recorded"] <= MAX_TIMES_RECORDED:
@@ -747,9 +798,15 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
         raise bad("extra", why)
 
     b = doc["body"]
-    if not (isinstance(b, dict) and set(b) == {"file", "sha256", "size"} and isinstance(b["file"], str)
-            and isinstance(b["sha256"], str) and re.fullmatch(r"[0-9a-f]{64}", b["sha256"]) and _is_int(b["size"])
-            and b["size"] >= 0):
+    if not (
+        isinstance(b, dict)
+        and set(b) == {"file", "sha256", "size"}
+        and isinstance(b["file"], str)
+        and isinstance(b["sha256"], str)
+        and re.fullmatch(r"[0-9a-f]{64}", b["sha256"])
+        and _is_int(b["size"])
+        and b["size"] >= 0
+    ):
         raise bad("body", 'body must be {"file": NAME, "sha256": 64 hex digits, "size": bytes}')
     m = _BODY_FILE.fullmatch(b["file"])
     kinds = ("json", "bin") if fmt == "json" else ("sse", "bin")
@@ -759,8 +816,10 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
     if size > MAX_BODY:
         raise bad("size", f"the body is {size} bytes: over the {MAX_BODY >> 20} MiB import reads for one body")
     bfile = kdir / b["file"]
-    records = (f"{efile.name} line {_field_line(text, 'sha256')} records {size} bytes with sha256 "
-               f"{b['sha256'][:12]}… (edited, or line ends converted by git? keep the {GITATTRIBUTES} export writes)")
+    records = (
+        f"{efile.name} line {_field_line(text, 'sha256')} records {size} bytes with sha256 "
+        f"{b['sha256'][:12]}… (edited, or line ends converted by git? keep the {GITATTRIBUTES} export writes)"
+    )
     larger = lambda n: TapeFileError(bfile, f"damaged: it has {n} bytes, but {records}")  # noqa: E731
     body = _read(kfd, b["file"], bfile, size, larger, budget)
     if len(body) != size or hashlib.sha256(body).hexdigest() != b["sha256"]:
@@ -770,13 +829,24 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
         else:
             what = f"damaged: its {len(body)} bytes have sha256 {hashlib.sha256(body).hexdigest()[:12]}…, but"
         raise TapeFileError(bfile, f"{what} {records}")
-    if why := _body_problem(fmt, body):
+    if why := _body_problem(endpoint, fmt, body):
         raise TapeFileError(bfile, why)
 
     entry = TapeEntry(
-        key=doc["key"], fingerprint=fp, endpoint=endpoint.name, request=request, status=status, headers=h,
-        body=body, format=fmt, model=doc["model"], namespace=doc["namespace"], recorded_at=times["recorded_at"],
-        first_recorded_at=times["first_recorded_at"], times_recorded=doc["times_recorded"], upstream_ms=ms,
+        key=doc["key"],
+        fingerprint=fp,
+        endpoint=endpoint.name,
+        request=request,
+        status=status,
+        headers=h,
+        body=body,
+        format=fmt,
+        model=doc["model"],
+        namespace=doc["namespace"],
+        recorded_at=times["recorded_at"],
+        first_recorded_at=times["first_recorded_at"],
+        times_recorded=doc["times_recorded"],
+        upstream_ms=ms,
         extra=doc["extra"],
     )
     return entry, b["file"]
@@ -793,8 +863,9 @@ def _read_key(kfd: int, kdir: Path, budget: _Budget) -> list[TapeEntry]:
             raise TapeFileError(kdir, f"has tape files but no {REQUEST}")
         return []
     if not stems:
-        raise TapeFileError(kdir / REQUEST, "no entry file (<fingerprint>.entry.json) beside it: "
-                                            "restore one, or delete the directory")
+        raise TapeFileError(
+            kdir / REQUEST, "no entry file (<fingerprint>.entry.json) beside it: restore one, or delete the directory"
+        )
     request = _read_request(kfd, kdir, budget)
     out, used = [], set()
     for stem in stems:

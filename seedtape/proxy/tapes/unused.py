@@ -24,16 +24,30 @@ def list_unused(store: Store, served: set[tuple[str, str]]) -> list[dict]:
     for key, request in store.requests():
         for fp in store.fingerprints(key):
             if (key, fp) not in served:
-                body = request.get("body") if isinstance(request.get("body"), dict) else {}
-                out.append({"key": key, "fingerprint": fp, "path": request.get("path", ""),
-                            "model": body.get("model", ""), "namespace": request.get("namespace", "")})
+                raw_body = request.get("body")
+                body = raw_body if isinstance(raw_body, dict) else {}
+                out.append(
+                    {
+                        "key": key,
+                        "fingerprint": fp,
+                        "path": request.get("path", ""),
+                        "model": body.get("model", ""),
+                        "namespace": request.get("namespace", ""),
+                    }
+                )
     return out
 
 
 def write_report(store: Store, served: set[tuple[str, str]], path: str) -> int:
     entries = list_unused(store, served)
-    doc = {"format": FORMAT, "version": 1, "written_at": time.time(), "store": str(store.path),
-           "served": len(served), "unused": entries}
+    doc = {
+        "format": FORMAT,
+        "version": 1,
+        "written_at": time.time(),
+        "store": str(store.path),
+        "served": len(served),
+        "unused": entries,
+    }
     tmp = f"{path}.tmp"
     with open(tmp, "w") as f:
         json.dump(doc, f, indent=2, sort_keys=True)

@@ -1,0 +1,323 @@
+"""The mode decision and every change a request makes to the store: serve, forward, refuse, record.
+
+Free of mitmproxy: the addon hands in plain method/path/headers/bytes and gets
+back an Exchange holding either a reply to send or the body to forward; later it
+hands in the upstream's answer (or a stream, piece by piece) to be recorded.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+
+from seedtape.proxy import dialects, errors, jsontext, wire
+from seedtape.proxy.audit import divergence, events
+from seedtape.proxy.audit.embedder import Embedder
+from seedtape.proxy.exchange import Exchange, Reply, Status
+from seedtape.proxy.explain import nearest
+from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
+from seedtape.proxy.key import requestbody, routing
+from seedtape.proxy.key.canonical import canonicalize, normalize_path
+from seedtape.proxy.modes import Mode
+from seedtape.proxy.options import Settings
+from seedtape.proxy.streams.pacer import paced
+from seedtape.proxy.streams.streamtape import StreamTape
+from seedtape.proxy.tapes import scrub
+from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_problem, recordable_status
+from seedtape.proxy.tapes.store import Store
+
+
+class Tapedeck:
+    """Applies the mode to requests and records what the upstream answers."""
+
+    def __init__(self, store: Store, settings: Settings):
+        self.store = store
+        self.settings = settings
+        self._salt_cache: bytes | None = None
+        self.index = nearest.NearestIndex(store)  # filled lazily, for explaining misses
+        self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
+        self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
+
+    def reconfigure(self, settings: Settings) -> None:
+        """New option values; what was served and the miss index stay (they describe this run and store)."""
+        if settings.credential_salt != self.settings.credential_salt:
+            self._salt_cache = None
+        if (settings.upstream, settings.embedding_model) != (self.settings.upstream, self.settings.embedding_model):
+            self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
+        self.settings = settings
+
+    # -- request side -------------------------------------------------------
+
+    def begin(self, method: str, path: str, headers: dict[str, str], content: bytes) -> Exchange:
+        """Decide what to do with a request. Never raises for bad input: it refuses."""
+        s = self.settings
+        ex = Exchange(method=method, path=path, mode=s.mode)
+        try:
+            over, bare = routing.split(path)
+        except routing.RoutingError as e:
+            return self._refuse(ex, errors.bad_request(str(e)))
+        if bare != path:
+            ex.path = ex.forward_path = bare
+            path = bare
+        ex.mode = mode = over.mode or s.mode
+        if mode is Mode.PASSTHROUGH:
+            return ex
+        ex.dialect = dialect = dialects.match(method, normalize_path(path))
+        if dialect is None:
+            if mode is Mode.REPLAY:
+                return self._refuse(
+                    ex, errors.not_replayable(f"{method} {path.split('?', 1)[0]}", "is not an endpoint seedtape records")
+                )
+            return ex
+
+        try:
+            body = requestbody.parse(content)
+        except ValueError as e:
+            return self._refuse(ex, errors.bad_request(str(e)))
+
+        path_only, _, query = path.partition("?")
+        try:
+            if dialect.takes_seed:
+                injected, ex.seed = s.seed.apply(body)
+                if injected is not body:
+                    body = injected
+                    ex.forward_body = jsontext.encode(body)
+            namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
+            canonical = canonicalize(
+                method,
+                path_only,
+                query,
+                body,
+                ignored_fields=s.ignored_fields,
+                namespace=namespace,
+                credential=self._credential(headers),
+            )
+            canonical.key  # noqa: B018 - hash now, inside the guard
+        except RecursionError:  # parsed, but too deep to re-serialize
+            ex.forward_body = None
+            return self._refuse(ex, errors.bad_request("the JSON body is nested too deeply"))
+        ex.canonical = canonical
+        ex.stream = body.get("stream") is True and dialect.can_stream
+        opts = body.get("stream_options")
+        ex.include_usage = isinstance(opts, dict) and opts.get("include_usage") is True
+
+        if mode.serves_recordings:
+            entry = self.store.get(ex.key, s.fingerprint)
+            if entry is not None:
+                return self._serve(ex, entry)
+            if mode is Mode.REPLAY:
+                ex.miss = self._explain(ex)
+                detail = ex.miss.text() if ex.miss else ""
+                return self._refuse(ex, errors.replay_miss(ex.key, path_only, detail, s.miss_hint), Status.MISS)
+        ex.status = Status.LIVE
+        # The live answer will be compared with what replay would serve for this key (auto and
+        # replay looked that up above: only a pinned miss may still have a newest one to compare with).
+        if mode.serves_recordings:
+            ex.recorded = self.store.get(ex.key) if s.fingerprint else None
+        else:
+            ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
+        return ex
+
+    def _credential(self, headers: dict[str, str]) -> str:
+        """With key_by_credential: who is asking, as a salted hash (the raw key is never kept)."""
+        if not self.settings.key_by_credential:
+            return ""
+        raw = next((headers[h] for h in CREDENTIAL_HEADERS if headers.get(h)), "")
+        if not raw:
+            return "anonymous"
+        return hashlib.sha256(self._salt() + raw.encode("utf-8", "surrogateescape")).hexdigest()[:32]
+
+    def _salt(self) -> bytes:
+        if self._salt_cache is None:
+            self._salt_cache = self.settings.credential_salt.encode() or self.store.salt()
+        return self._salt_cache
+
+    def _explain(self, ex: Exchange) -> nearest.Explanation | None:
+        """The nearest recordings and how this request differs; never lets a miss fail for it."""
+        assert ex.canonical is not None
+        try:
+            fields = self.settings.redact_fields
+            redact = (lambda r: scrub.request(r, fields)[0]) if fields else None
+            return nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint, redact)
+        except Exception:  # the miss answer matters more than its explanation
+            return None
+
+    def _serve(self, ex: Exchange, entry: TapeEntry) -> Exchange:
+        """Answer from a recording, in the format the client asked for."""
+        if not recordable_status(entry.status):  # only a crafted store or tape holds one: fail closed
+            return self._refuse(
+                ex,
+                errors.internal(
+                    f"the recording for {ex.key[:12]} has status {entry.status!r}, "
+                    "which seedtape never records; delete or re-record it"
+                ),
+            )
+        dialect = dialects.named(entry.endpoint)
+        ex.status = Status.HIT
+        ex.fingerprint = entry.fingerprint
+        self.served.add((entry.key, entry.fingerprint))
+        body, pace = entry.body, None
+        want = "sse" if ex.stream else "json"
+        if entry.format == want == "sse":
+            if entry.extra.get("include_usage") and not ex.include_usage:
+                body = dialect.restream(body, include_usage=False)
+            elif self.settings.replay_pace > 0:
+                pace = paced(body, entry.extra.get("gaps") or [], self.settings.replay_pace)
+        elif entry.format == "json" and want == "sse":
+            body = dialect.to_stream(body, ex.include_usage)
+            ex.status = Status.HIT_FROM_JSON
+        elif entry.format == "sse" and want == "json":
+            body = dialect.to_json(body)
+            ex.status = Status.HIT_FROM_SSE
+        ctype = "text/event-stream; charset=utf-8" if want == "sse" else "application/json"
+        # Only what recording keeps, also from stores written before a rule tightened; framing is computed.
+        headers = [(k, v) for k, v in safe_headers(entry.headers) if k != "content-type"] + [("content-type", ctype)]
+        ex.reply = Reply(entry.status, headers + ex.headers(), body, pace)
+        return ex
+
+    def _refuse(self, ex: Exchange, err: errors.SeedtapeError, status: Status = Status.ERROR) -> Exchange:
+        ex.status = status
+        ex.reply = Reply(err.status, list(err.all_headers().items()) + ex.headers(), err.body())
+        ex.note = err.message
+        return ex
+
+    # -- response side --------------------------------------------------------
+
+    def finish(self, ex: Exchange, status: int, headers: list[tuple[str, str]], content: bytes) -> Exchange:
+        """Record a live answer if it is a complete, good one; set the status either way."""
+        if ex.status is not Status.LIVE or ex.canonical is None or ex.dialect is None:
+            return ex
+        try:
+            body = json.loads(content)
+        except (ValueError, UnicodeDecodeError, RecursionError):
+            body = None
+        if isinstance(body, dict):
+            ex.fingerprint = ex.dialect.fingerprint(body)
+        if not recordable_status(status):
+            ex.status, ex.note = Status.UNRECORDED, f"upstream answered {status}"
+            return ex
+        if why := ex.dialect.answer_problem(body):
+            ex.status, ex.note = Status.UNRECORDED, why
+            return ex
+        self._compare(ex, "json", content)
+        return self._record(ex, status, headers, content, "json", ex.dialect.model(body), {})
+
+    def start_stream(self, ex: Exchange) -> StreamTape | None:
+        """A live event stream is about to pass: return a tape for it if it may be recorded."""
+        if ex.status is not Status.LIVE or ex.canonical is None or ex.dialect is None or not ex.dialect.can_stream:
+            return None
+        ex.tape = StreamTape(ex.dialect)
+        ex.status = Status.RECORDING if ex.mode.records else Status.LIVE
+        return ex.tape
+
+    def feed_stream(self, ex: Exchange, data: bytes, status: int, headers: list[tuple[str, str]]) -> None:
+        """The next piece of a taped stream (``b""``: its clean end); records it once the upstream completed it."""
+        tape = ex.tape
+        if tape is None:
+            return
+        tape.feed(data)
+        if tape.done or not data:
+            self._finish_stream(ex, status, headers)
+
+    def _finish_stream(self, ex: Exchange, status: int, headers: list[tuple[str, str]]) -> None:
+        tape = ex.tape
+        if tape is None or ex.status not in (Status.RECORDING, Status.LIVE):
+            return
+        ex.tape = None  # taken: the rest of the body records nothing more
+        ex.fingerprint = tape.fingerprint
+        why = tape.verdict() or (f"upstream answered {status}" if not recordable_status(status) else "")
+        if why:
+            ex.status, ex.note = Status.UNRECORDED, why
+            return
+        self._compare(ex, "sse", bytes(tape.raw))
+        if ex.status is Status.LIVE:
+            return
+        extra = {"gaps": tape.gaps, "include_usage": ex.include_usage}
+        self._record(ex, status, headers, bytes(tape.raw), "sse", tape.model, extra)
+
+    def _compare(self, ex: Exchange, fmt: str, content: bytes) -> None:
+        """Set ex.divergence when there is a recording to compare the live answer with."""
+        rec = ex.recorded
+        if rec is None or ex.dialect is None:
+            return
+        try:
+            ex.live_output = ex.dialect.outputs_of(fmt, content)
+            ex.divergence = divergence.compare(
+                divergence.outputs(rec.endpoint, rec.format, rec.body),
+                rec.fingerprint,
+                ex.live_output,
+                ex.fingerprint,
+            )
+        except (ValueError, KeyError, TypeError, AttributeError):
+            ex.note = "could not compare with the recording"
+
+    async def settle(self, ex: Exchange, auth: dict[str, str]) -> dict | None:
+        """After a compared answer: its embedding distance (with --embedding-model) and its audit event.
+
+        ``auth`` is the client's credential, used for the embeddings call and dropped. Stores the event
+        of every compared exchange in audit mode, and of disagreements otherwise; returns it.
+        """
+        d, rec = ex.divergence, ex.recorded
+        if d is None or rec is None or ex.live_output is None or (d.verdict == "match" and ex.mode is not Mode.AUDIT):
+            return None
+        recorded_output = divergence.outputs(rec.endpoint, rec.format, rec.body)
+        if self.embedder is not None:
+            ex.embedding_distance = await self.embedder.distance(
+                divergence.text_of(recorded_output), divergence.text_of(ex.live_output), auth
+            )
+        event = events.divergence_event(
+            source="proxy",
+            mode=ex.mode.value,
+            recorded=rec,
+            verdict=d.verdict,
+            similarity=d.similarity,
+            live_fingerprint=d.live_fingerprint,
+            first_difference=d.departure,
+            recorded_output=recorded_output,
+            live_output=ex.live_output,
+            embedding_distance=ex.embedding_distance,
+        )
+        self.store.add_event(event)
+        return event
+
+    def _record(
+        self, ex: Exchange, status: int, headers: list[tuple[str, str]], content: bytes, fmt: str, model: str, extra: dict
+    ) -> Exchange:
+        if not ex.mode.records:
+            return ex
+        assert ex.canonical is not None and ex.dialect is not None
+        if (why := fingerprint_problem(ex.fingerprint)) is not None:
+            ex.status, ex.note = Status.UNRECORDED, f"the upstream's system_fingerprint is unusable: {why}"
+            return ex
+        s = self.settings
+        request = ex.canonical.to_json()
+        if s.redact_fields:
+            request, _ = scrub.request(request, s.redact_fields)
+            content, _ = scrub.body(content, fmt, s.redact_fields)
+        self.index.add(ex.key, request)
+        body = ex.canonical.body  # a JSON object: requestbody.parse admits nothing else
+        requested = body.get("model", "") if isinstance(body, dict) else ""
+        self.store.put(
+            TapeEntry(
+                key=ex.key,
+                fingerprint=ex.fingerprint,
+                endpoint=ex.dialect.name,
+                request=request,
+                status=status,
+                headers=[h for h in safe_headers(headers) if h[0] not in s.redact_headers],
+                body=content,
+                format=fmt,
+                model=model or str(requested),
+                namespace=ex.canonical.namespace,
+                upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
+                extra=extra,
+            )
+        )
+        ex.status = Status.RECORDED
+        self.served.add((ex.key, ex.fingerprint))  # recorded for a request of this run: used
+        return ex
+
+    async def close(self) -> None:
+        if self.embedder is not None:
+            await self.embedder.close()
