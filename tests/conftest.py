@@ -5,8 +5,8 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from fake_upstream import FakeUpstream  # noqa: E402
-from proxyproc import ProxyProcess, wait_for  # noqa: E402, F401  (wait_for: for the tests)
+from fake_upstream import FakeUpstream
+from proxyproc import ProxyProcess, wait_for  # noqa: F401 - tests import wait_for from here
 
 API_KEY = "sk-seedtape-TEST-secret-0123456789abcdef"
 

@@ -9,6 +9,7 @@ it can be told to fail. Run standalone: ``python tests/fake_upstream.py --port 0
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import random
@@ -17,8 +18,7 @@ import time
 import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
-WORDS = ("alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike november "
-         "oscar papa quebec romeo sierra tango uniform victor whiskey xray yankee zulu").split()
+WORDS = ["alpha", "bravo", "charlie", "delta", "echo", "foxtrot", "golf", "hotel", "india", "juliet", "kilo", "lima", "mike", "november", "oscar", "papa", "quebec", "romeo", "sierra", "tango", "uniform", "victor", "whiskey", "xray", "yankee", "zulu"]
 
 
 def deterministic_text(request: dict, choice: int = 0, words: int = 12) -> str:
@@ -297,10 +297,8 @@ def main() -> None:
     up.chunk_delay, up.latency = a.chunk_delay, a.latency
     up.noise = {"off": False, "on": True, "unseeded": "unseeded"}[a.noise]
     print(f"FAKE_UPSTREAM={up.url}", flush=True)
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         up.server.serve_forever()
-    except KeyboardInterrupt:
-        pass
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ joins every thread it started.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import select
@@ -102,10 +103,8 @@ class FaultyUpstream:
         """Stop listening: connections to the port are refused until ``listen_again()``."""
         s, self._listener = self._listener, None
         if s is not None:
-            try:
+            with contextlib.suppress(OSError):
                 s.shutdown(socket.SHUT_RDWR)  # wakes the accept() of the accepting thread
-            except OSError:
-                pass
             s.close()
 
     def listen_again(self) -> None:
@@ -121,10 +120,8 @@ class FaultyUpstream:
         with self._lock:
             conns = list(self._conns)
         for c in conns:
-            try:
+            with contextlib.suppress(OSError):
                 c.shutdown(socket.SHUT_RDWR)
-            except OSError:
-                pass
         for t in list(self._threads):
             t.join(10)
 
@@ -216,10 +213,8 @@ class FaultyUpstream:
         finally:
             with self._lock:
                 self._conns.discard(conn)
-            try:
+            with contextlib.suppress(OSError):
                 conn.close()
-            except OSError:
-                pass
 
     def _read_request(self, conn: socket.socket, buf: bytes) -> tuple[Request | None, bytes]:
         while b"\r\n\r\n" not in buf:

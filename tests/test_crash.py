@@ -1,6 +1,6 @@
 """Crash safety: `seedtape serve` killed with SIGKILL while recordings are in flight.
 
-The store's promise (seedtape/proxy/store.py): every commit is synced, so a crash loses at most
+The store's promise (seedtape/proxy/tapes/store.py): every commit is synced, so a crash loses at most
 the transaction in flight and never corrupts what was committed. Here a real proxy records
 concurrent JSON completions and streams from a slow fake upstream and is killed -9 at several
 moments; after each kill a proxy must open the same store, `seedtape stats` must work, every
@@ -26,6 +26,7 @@ import openai
 import pytest
 from conftest import API_KEY
 from fake_upstream import deterministic_text
+from support import run_cli
 
 from seedtape.proxy.tapes.entry import TapeEntry
 from seedtape.proxy.tapes.store import Store
@@ -145,9 +146,7 @@ def check_store(store: str, st: Store) -> dict:
 
     ``st`` is the test's own handle on the store (LMDB allows one per process).
     """
-    out = subprocess.run([sys.executable, "-m", "seedtape", "stats", "--json", "--store", store],
-                         capture_output=True, text=True, timeout=60)
-    assert out.returncode == 0, out.stderr
+    out = run_cli("stats", "--json", store=store, timeout=60, text=True, check=True)
     stats = json.loads(out.stdout)
     entries = list(st.entries())
     pairs = {(e.key, e.fingerprint) for e in entries}

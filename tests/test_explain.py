@@ -252,7 +252,7 @@ def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path
     project = tmp_path / "project"
     shutil.copytree(SAMPLE, project, ignore=shutil.ignore_patterns("tapes", "__pycache__"))
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a],  # noqa: E731
+    run = lambda *a: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a],
                                     cwd=project, capture_output=True, text=True, timeout=300, env=env)
     # The first, recording run is strict too: what it just recorded was used by its tests.
     r = run("--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}", "--seedtape-strict")

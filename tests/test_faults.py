@@ -27,6 +27,7 @@ import pytest
 from conftest import API_KEY, chat, wait_for
 from conftest import client as sdk_client
 from faulty_upstream import FaultyUpstream
+from support import assert_openai_error, build_request, entries, parse_response, request_bytes
 
 from seedtape.proxy.tapes.store import Store
 
@@ -64,25 +65,15 @@ def _close_clients():
 def snapshot(store: str) -> dict[str, dict[bytes, bytes]]:
     """Every byte the store holds for recordings and audit events, read with a read-only Store."""
     out = {}
-    with Store(store, readonly=True) as st:
-        with st.env.begin() as txn:
-            for name in (b"entries", b"latest", b"events"):
-                try:
-                    db = st.env.open_db(name, txn=txn, create=False)
-                except lmdb.NotFoundError:  # no such database (yet)
-                    out[name.decode()] = {}
-                    continue
-                out[name.decode()] = {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
+    with Store(store, readonly=True) as st, st.env.begin() as txn:
+        for name in (b"entries", b"latest", b"events"):
+            try:
+                db = st.env.open_db(name, txn=txn, create=False)
+            except lmdb.NotFoundError:  # no such database (yet)
+                out[name.decode()] = {}
+                continue
+            out[name.decode()] = {bytes(k): bytes(v) for k, v in txn.cursor(db=db)}
     return out
-
-
-def entries(store: str) -> list:
-    try:
-        with Store(store, readonly=True) as st:
-            return list(st.entries())
-    except Exception:  # no store yet: nothing was ever recorded
-        return []
-
 
 
 def messages(text: str = TEXT) -> list[dict]:
@@ -91,19 +82,6 @@ def messages(text: str = TEXT) -> list[dict]:
 
 def body(text: str = TEXT, **kw) -> dict:
     return {"model": MODEL, "messages": messages(text), **kw}
-
-
-def assert_own_error(resp: httpx.Response, status: int, code: str | None = None) -> dict:
-    """A seedtape error: OpenAI's shape, a status, and a header that stops SDK retries."""
-    assert resp.status_code == status, resp.text
-    assert resp.headers["content-type"].startswith("application/json")
-    assert resp.headers["x-should-retry"] == "false"
-    err = resp.json()["error"]
-    assert isinstance(err["message"], str) and err["message"]
-    assert err["type"] == "seedtape_error"
-    if code is not None:
-        assert err["code"] == code, err
-    return err
 
 
 def record_first(p, store: str, stream: bool = False) -> dict:
@@ -136,35 +114,12 @@ def serves_normally(p, faulty: FaultyUpstream, store: str, times_recorded: int =
 
 
 def raw_request(payload: dict, path: str = "/v1/chat/completions", close: bool = True) -> tuple[bytes, bytes]:
+    """(head, body) of a chat completion request, as h11 writes them; a test sends them at its own pace."""
     data = json.dumps(payload).encode()
-    head = (f"POST {path} HTTP/1.1\r\nhost: 127.0.0.1\r\ncontent-type: application/json\r\n"
-            f"authorization: Bearer {API_KEY}\r\ncontent-length: {len(data)}\r\n"
-            + ("connection: close\r\n" if close else "") + "\r\n")
-    return head.encode(), data
-
-
-def parse_response(data: bytes) -> tuple[int, dict[str, str], bytes, bool]:
-    """(status, headers, de-chunked body, complete) of one HTTP/1.1 response read to the end."""
-    head, _, rest = data.partition(b"\r\n\r\n")
-    lines = head.decode("latin-1").split("\r\n")
-    status = int(lines[0].split(" ")[1])
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:])}
-    if headers.get("transfer-encoding") != "chunked":
-        length = int(headers.get("content-length", len(rest)))
-        return status, headers, rest[:length], len(rest) >= length
-    out = bytearray()
-    while True:
-        size_line, sep, rest = rest.partition(b"\r\n")
-        if not sep:
-            return status, headers, bytes(out), False
-        size = int(size_line.split(b";")[0], 16)
-        if size == 0:
-            return status, headers, bytes(out), True
-        if len(rest) < size + 2:
-            out += rest[:size]
-            return status, headers, bytes(out), False
-        out += rest[:size]
-        rest = rest[size + 2:]
+    headers = {"content-type": "application/json", "authorization": f"Bearer {API_KEY}"}
+    if close:
+        headers["connection"] = "close"
+    return request_bytes(build_request("POST", path, data, headers), None), data
 
 
 def read_all(sock: socket.socket) -> bytes:
@@ -196,7 +151,7 @@ def test_connection_refused_is_a_clear_502_and_the_proxy_recovers(faulty, store,
         with pytest.raises(openai.APIStatusError) as info:
             c.chat.completions.create(model=MODEL, messages=messages(), stream=stream)
         assert time.monotonic() - t0 < 10  # no retry/backoff loop
-        err = assert_own_error(info.value.response, 502, "upstream_unreachable")
+        err = assert_openai_error(info.value.response, 502, "upstream_unreachable")
         assert faulty.url in err["message"]
         assert info.value.response.headers["seedtape-status"] == "error"
         settled(p, "failed, nothing recorded", failed)
@@ -220,7 +175,7 @@ def test_timeout_before_the_headers_is_a_fast_504(faulty, store, proxies, stream
         c.chat.completions.create(model=MODEL, messages=messages(), stream=stream)
     took = time.monotonic() - t0
     assert 0.9 <= took < 10  # it waited for the timeout, and no retry/backoff loop followed
-    err = assert_own_error(info.value.response, 504, "upstream_timeout")
+    err = assert_openai_error(info.value.response, 504, "upstream_timeout")
     assert faulty.url in err["message"] and "--upstream-timeout" in err["message"]
     assert len(faulty.requests) == seen + 1  # the SDK did not retry
     # seedtape gave the stalled upstream connection up: the upstream sees it go
@@ -281,7 +236,7 @@ def test_reset_in_the_middle_of_a_json_body(faulty, store, proxies):
     failed = p.output.count("failed, nothing recorded")
     with pytest.raises(openai.APIStatusError) as info:
         client(p, max_retries=2).chat.completions.create(model=MODEL, messages=messages())
-    err = assert_own_error(info.value.response, 502)
+    err = assert_openai_error(info.value.response, 502)
     assert faulty.url in err["message"]
     # the half body never reaches the client as if it were an answer
     assert b"faulty says" not in info.value.response.content
@@ -305,7 +260,7 @@ def _stall_mid_body(faulty, store, proxies):
 @pytest.mark.slow
 def test_stall_in_the_middle_of_a_json_body(faulty, store, proxies):
     p, before, resp = _stall_mid_body(faulty, store, proxies)
-    assert_own_error(resp, resp.status_code)
+    assert_openai_error(resp, resp.status_code)
     assert resp.status_code in (502, 504)
     assert b"faulty says" not in resp.content  # the half body never passes for an answer
     assert faulty.wait_answers(2)[-1][2] == "stalled in the body; the peer left"
@@ -318,7 +273,7 @@ def test_stall_in_the_middle_of_a_json_body(faulty, store, proxies):
 @pytest.mark.slow
 def test_stall_in_the_middle_of_a_json_body_is_reported_as_a_timeout(faulty, store, proxies):
     _, _, resp = _stall_mid_body(faulty, store, proxies)
-    assert_own_error(resp, 504, "upstream_timeout")
+    assert_openai_error(resp, 504, "upstream_timeout")
 
 
 @pytest.mark.parametrize("cut_with", ["fin", "rst"])
@@ -347,12 +302,12 @@ def test_stream_cut_seen_raw_is_an_unfinished_body(faulty, store, proxies):
     try:
         head, data = raw_request(body(stream=True))
         s.sendall(head + data)
-        status, headers, received, complete = parse_response(read_all(s))
+        (status, headers, received), complete = parse_response(read_all(s))
     finally:
         s.close()
     assert status == 200 and headers["seedtape-status"] == "recording"
     assert not complete  # the chunked body has no end: a client cannot mistake it for a whole answer
-    [(req, sent, how)] = faulty.wait_answers(2)[1:]
+    [(_req, sent, how)] = faulty.wait_answers(2)[1:]
     assert how == "cut in an event"
     assert sent.startswith(received) and DONE not in received
     settled(p, "failed, nothing recorded", 0)
@@ -430,7 +385,7 @@ def test_client_hanging_up_before_the_answer(faulty, store, proxies, mode):
     time.sleep(0.2)
     found = entries(store)
     if found:  # a complete upstream answer may be recorded, and then only whole
-        [(req, sent, how)] = faulty.answers
+        [(_req, sent, how)] = faulty.answers
         assert how == "complete"
         assert [e.body for e in found] == [sent]
     faulty.latency = 0
@@ -450,7 +405,7 @@ def test_client_hanging_up_mid_stream_never_leaves_a_partial_recording(faulty, s
     first, second = next(it), next(it)
     assert first.choices[0].delta.role == "assistant" and second.choices[0].delta.content
     stream.close()
-    [(req, sent, how)] = faulty.wait_answers(1)
+    [(req, _sent, how)] = faulty.wait_answers(1)
     wait_for(lambda: bool(entries(store)), timeout=2)  # a recording, if any, is written once the upstream is done
     found = entries(store)
     if found:  # recorded complete: the whole stream, [DONE] included
@@ -482,14 +437,14 @@ def test_stream_helper_leaving_at_a_length_finish_still_records_the_complete_ans
     faulty.finish = "length"
     faulty.hold_after_finish = threading.Event()  # usage and [DONE] come only after the client has left
     try:
-        with pytest.raises(openai.LengthFinishReasonError):
-            with client(p).chat.completions.stream(model=MODEL, messages=messages("structured"), response_format=Answer,
-                                                   stream_options={"include_usage": True}) as s:
-                for _ in s:
-                    pass
+        with pytest.raises(openai.LengthFinishReasonError), client(p).chat.completions.stream(
+                model=MODEL, messages=messages("structured"), response_format=Answer,
+                stream_options={"include_usage": True}) as s:
+            for _ in s:
+                pass
     finally:
         faulty.hold_after_finish.set()
-    [(req, sent, how)] = faulty.wait_answers(1)
+    [(req, _sent, how)] = faulty.wait_answers(1)
     wait_for(lambda: bool(entries(store)), timeout=3)
     found = entries(store)
     assert found, f"nothing recorded; the upstream's answer: {how}"
@@ -543,7 +498,7 @@ def test_slow_reader_gets_the_whole_stream_and_others_are_served(faulty, store, 
             result["slow_bytes"] = len(got)
             got += read_all(s)  # then the rest at full speed
             result["data"] = bytes(got)
-        except Exception as e:  # noqa: BLE001 - reported by the main thread
+        except Exception as e:
             result["error"] = e
         finally:
             s.close()
@@ -562,7 +517,7 @@ def test_slow_reader_gets_the_whole_stream_and_others_are_served(faulty, store, 
         t.join(60)
     assert not t.is_alive()
     assert "error" not in result, result.get("error")
-    status, headers, received, complete = parse_response(result["data"])
+    (status, headers, received), complete = parse_response(result["data"])
     req = next(r for r in faulty.requests if r.stream)
     expected = faulty.stream_body(req)
     assert result["slow_bytes"] < len(expected)  # it was still reading slowly while the others were served
@@ -596,7 +551,7 @@ def test_request_body_sent_slower_than_the_timeout(faulty, store, proxies):
                 time.sleep(3.0 / len(pieces))  # about 3 s for the whole body
             result["sent_in"] = time.monotonic() - t0
             result["data"] = read_all(s)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             result["error"] = e
         finally:
             s.close()
@@ -616,7 +571,7 @@ def test_request_body_sent_slower_than_the_timeout(faulty, store, proxies):
         t.join(30)
     assert "error" not in result, result.get("error")
     assert result["sent_in"] >= 2.5  # well past --upstream-timeout
-    status, headers, received, complete = parse_response(result["data"])
+    (status, headers, received), complete = parse_response(result["data"])
     # the upstream timeout is about the upstream: a slow client is not timed out, its request is served
     assert status == 200 and complete, received
     assert headers["seedtape-status"] == "recorded"
@@ -640,7 +595,7 @@ def test_client_leaving_during_a_stall_leaves_no_timeout_error_behind(faulty, st
     faulty.refuse()
     with pytest.raises(openai.APIStatusError) as info:
         chat(client(p), "refused, not timed out", model=MODEL)
-    assert_own_error(info.value.response, 502, "upstream_unreachable")
+    assert_openai_error(info.value.response, 502, "upstream_unreachable")
     faulty.listen_again()
     faulty.fault = None
     assert chat(client(p), "and then served", model=MODEL).headers["seedtape-status"] == "recorded"
@@ -672,5 +627,5 @@ def test_concurrent_timeouts_and_good_requests(faulty, store, proxies):
         responses = [f.result(timeout=20) for f in futures]
     for r in responses:
         assert r is not None
-        assert_own_error(r, 504, "upstream_timeout")
+        assert_openai_error(r, 504, "upstream_timeout")
     assert [e.request["body"]["messages"][0]["content"] for e in entries(store)] == ["not stalled"]

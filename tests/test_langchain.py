@@ -35,13 +35,12 @@ import socket
 import openai
 import pytest
 from conftest import API_KEY, chat, client, wait_for
-
-from seedtape.proxy.tapes.store import Store
+from support import assert_openai_error, entries, get_entry
 
 pytest.importorskip("langchain_openai", reason="the LangChain tests need langchain-openai (in the [test] extra)")
-from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage  # noqa: E402
-from langchain_core.tools import tool  # noqa: E402
-from langchain_openai import ChatOpenAI, OpenAIEmbeddings  # noqa: E402
+from langchain_core.messages import HumanMessage, SystemMessage, ToolMessage
+from langchain_core.tools import tool
+from langchain_openai import ChatOpenAI, OpenAIEmbeddings
 
 try:  # the HTTP library the openai SDK itself uses (openai 3.x: httpx2; older: httpx)
     import httpx2 as sdk_http
@@ -143,25 +142,10 @@ def chunk_view(chunks) -> list[tuple]:
 
 def entry(store: str, key: str, timeout: float = 10.0):
     """The stored entry for ``key``, once the proxy wrote it (a stream is stored after [DONE] passed)."""
-    def get():
-        try:
-            with Store(store, readonly=True) as st:
-                return st.get(key)
-        except Exception:  # the store is not created yet
-            return None
-
-    wait_for(lambda: get() is not None, timeout)
-    found = get()
+    wait_for(lambda: get_entry(store, key) is not None, timeout)
+    found = get_entry(store, key)
     assert found is not None, f"no recording for {key}"
     return found
-
-
-def entries(store: str) -> list:
-    try:
-        with Store(store, readonly=True) as st:
-            return list(st.entries())
-    except Exception:  # the store is not created yet
-        return []
 
 
 def offline_replay(rec, upstream, proxies, store):
@@ -519,7 +503,7 @@ async def test_replay_miss_is_an_explained_error_and_is_not_retried(upstream, st
         assert near_key[:12] in msg  # the nearest recording ...
         assert '"…tomorrow?" != "…today?"' in msg and "temperature: 0.7 != 0.2" in msg  # ... and what differs
         assert err.response.headers["seedtape-status"] == "miss"
-        assert err.response.headers["x-should-retry"] == "false"
+        assert_openai_error(err, 404, "replay_miss")  # and what the SDK under it saw: no retry
         assert "temperature: 0.7 != 0.2" in err.response.headers["seedtape-miss"]
         # max_retries=2, yet the SDK under ChatOpenAI sent the request once
         assert count.sent == ["POST /v1/chat/completions retry=0"], (how, count.sent)
@@ -558,8 +542,8 @@ def test_unreachable_upstream_is_a_502_naming_it_and_is_not_retried(upstream, st
     model = ChatOpenAI(model=MODEL, base_url=p.base_url, api_key=API_KEY, max_retries=2, http_client=count.sync_client())
     with pytest.raises(openai.InternalServerError) as info:
         model.invoke([HumanMessage("is anyone there?")])
-    assert info.value.status_code == 502 and url in str(info.value)
-    assert info.value.response.headers["x-should-retry"] == "false"
+    assert_openai_error(info.value, 502, "upstream_unreachable")
+    assert url in str(info.value)
     assert count.sent == ["POST /v1/chat/completions retry=0"] and count.statuses == [502]
 
 
@@ -709,7 +693,7 @@ async def test_openai_embeddings_record_and_replay_offline(upstream, store, prox
                            check_embedding_ctx_length=False, max_retries=0)
     docs = emb.embed_documents(["seedtape records", "seedtape replays"])
     query = await emb.aembed_query("what does it do?")
-    assert len(docs) == 2 and all(len(v) == 16 for v in docs + [query])
+    assert len(docs) == 2 and all(len(v) == 16 for v in [*docs, query])
     bodies = [r["body"] for r in upstream.requests_to("/embeddings")]
     assert bodies == [
         {"model": "text-embedding-3-small", "input": ["seedtape records", "seedtape replays"], "encoding_format": "base64"},

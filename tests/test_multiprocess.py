@@ -34,6 +34,7 @@ import httpx
 import pytest
 from conftest import API_KEY
 from fake_upstream import deterministic_text
+from support import run_cli
 
 from seedtape.proxy.tapes import tapefile
 from seedtape.proxy.tapes.entry import TapeEntry
@@ -71,8 +72,9 @@ def plan() -> list[tuple[int, int]]:
 def recorded_map_size(store: str) -> int:
     """The map size the store's meta page records (the largest any writer committed with).
 
-    `seedtape stats` cannot tell: it reports its own read-only mapping (see the xfail below).
-    Opening with map_size=0 adopts the meta's size; run in a child so this process holds no handle.
+    Read with lmdb itself, so the check does not rest on `seedtape stats` (which reports the same
+    size, see test_stats_reports_the_store_map_size). Opening with map_size=0 adopts the meta's
+    size; run in a child so this process holds no handle.
     """
     code = ("import lmdb, sys; e = lmdb.open(sys.argv[1], readonly=True, max_dbs=8, map_size=0); "
             "print(e.info()['map_size'])")
@@ -131,8 +133,7 @@ class Loop(threading.Thread):
             self.once()
 
     def once(self) -> None:
-        out = subprocess.run([sys.executable, "-m", "seedtape", *self.args], capture_output=True, text=True,
-                             timeout=60, cwd=ROOT)
+        out = run_cli(*self.args, timeout=60, text=True, cwd=ROOT)
         try:
             assert out.returncode == 0, out.stderr[-2000:]
             self.check(out.stdout)
@@ -295,8 +296,7 @@ def test_stats_reports_the_store_map_size(tmp_path):
     store = str(tmp_path / "store")
     with Store(store, map_size=SMALL_MAP):
         pass
-    out = subprocess.run([sys.executable, "-m", "seedtape", "stats", "--json", "--store", store],
-                         capture_output=True, text=True, check=True)
+    out = run_cli("stats", "--json", store=store, text=True, check=True)
     assert json.loads(out.stdout)["map_size"] == recorded_map_size(store) == SMALL_MAP
 
 

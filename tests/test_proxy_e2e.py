@@ -10,13 +10,7 @@ import httpx
 import openai
 import pytest
 from conftest import API_KEY, async_client, chat, client
-
-from seedtape.proxy.tapes.store import Store
-
-
-def entries(store: str) -> int:
-    with Store(store, readonly=True) as st:
-        return st.stats()["entries"]
+from support import assert_openai_error, entries
 
 
 def test_record_then_replay_offline_sync(upstream, store, proxies):
@@ -106,7 +100,7 @@ async def test_fifty_concurrent_requests_record_and_replay(upstream, store, prox
 
     first = await asyncio.gather(*(ask(i) for i in range(50)))
     assert len(upstream.log) == 50
-    assert entries(store) == 50
+    assert len(entries(store)) == 50
     rec.stop()
     upstream.stop()
 
@@ -144,11 +138,11 @@ def test_upstream_errors_pass_through_unrecorded(upstream, store, proxies, statu
     assert info.value.status_code == status
     assert info.value.body["message"] == "fake failure"  # the upstream's own error, unchanged
     assert info.value.response.headers["seedtape-status"] == "unrecorded"
-    assert entries(store) == 0
+    assert len(entries(store)) == 0
     upstream.fail_with = None
     raw = chat(client(p), "this fails")  # the same request now succeeds and is recorded
     assert raw.headers["seedtape-status"] == "recorded"
-    assert entries(store) == 1
+    assert len(entries(store)) == 1
 
 
 def test_upstream_unreachable_gives_openai_shaped_502(store, proxies):
@@ -164,10 +158,9 @@ def test_upstream_unreachable_gives_openai_shaped_502(store, proxies):
     with pytest.raises(openai.APIStatusError) as info:
         chat(c, "anyone there?")
     assert time.monotonic() - t0 < 5  # x-should-retry: false, no backoff loop
-    assert info.value.status_code == 502
+    assert_openai_error(info.value, 502, "upstream_unreachable")
     assert dead in str(info.value)
-    assert info.value.code == "upstream_unreachable"
-    assert entries(store) == 0
+    assert len(entries(store)) == 0
     # The proxy keeps serving: a second request gets the same clear answer.
     with pytest.raises(openai.APIStatusError):
         chat(c, "still nobody?")
@@ -277,10 +270,8 @@ def test_malformed_json_gets_a_clear_400_and_proxy_keeps_serving(upstream, store
     p = proxies("--upstream", upstream.url, "--store", store)
     for body in (b"{not json", b"[1, 2]", b'{"a": NaN}'):
         r = httpx.post(p.base_url + "/chat/completions", content=body, headers={"content-type": "application/json"})
-        assert r.status_code == 400, body
-        err = r.json()["error"]
-        assert err["code"] == "invalid_request" and "seedtape" in err["message"]
-        assert r.headers["x-should-retry"] == "false"
+        err = assert_openai_error(r, 400, "invalid_request")
+        assert "seedtape" in err["message"], body
     assert upstream.log == []
     assert chat(client(p), "after garbage").headers["seedtape-status"] == "recorded"
 
@@ -288,7 +279,7 @@ def test_malformed_json_gets_a_clear_400_and_proxy_keeps_serving(upstream, store
 def test_replay_mode_never_forwards_unknown_endpoints(upstream, store, proxies):
     p = proxies("--mode", "replay", "--store", store, "--upstream", upstream.url)
     r = httpx.get(p.base_url + "/models")
-    assert r.status_code == 400 and r.json()["error"]["code"] == "not_replayable"
+    assert_openai_error(r, 400, "not_replayable")
     assert upstream.log == []
 
 
@@ -297,7 +288,7 @@ def test_passthrough_mode_forwards_untouched(upstream, store, proxies):
     raw = chat(client(p), "untouched")
     assert raw.headers.get("seedtape-status") == "passthrough"
     assert "seed" not in upstream.log[0]["body"]
-    assert entries(store) == 0
+    assert len(entries(store)) == 0
 
 
 def test_curl_style_hand_written_json_with_gzip(upstream, store, proxies):

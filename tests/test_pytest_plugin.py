@@ -114,6 +114,6 @@ def test_python_api_serves_tapes(upstream, tmp_path):
 
 def test_python_api_warns_when_replay_has_no_tapes_directory(tmp_path):
     missing = tmp_path / "no-such-tapes"
-    with pytest.warns(UserWarning, match="no tapes directory at .*no-such-tapes.*every request will miss"):
-        with seedtape.serve("replay", tapes=missing) as proxy:
-            assert proxy.base_url
+    with pytest.warns(UserWarning, match="no tapes directory at .*no-such-tapes.*every request will miss"), \
+            seedtape.serve("replay", tapes=missing) as proxy:
+        assert proxy.base_url

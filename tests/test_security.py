@@ -12,13 +12,13 @@ import os
 import socket
 import stat
 import subprocess
-import sys
 from pathlib import Path
 
 import httpx
 import openai
 import pytest
 from conftest import chat, client
+from support import assert_openai_error, entries, http_request, run_cli
 
 from seedtape.proxy.headers import is_safe
 from seedtape.proxy.tapes.store import Store
@@ -46,12 +46,8 @@ EVERY_SECRET = (TOKEN, API_KEY, *REQUEST_SECRETS.values(), *(v for _, v in UPSTR
 
 
 def seedtape(*args: str, check: bool = True, **kw) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("SEEDTAPE_")}
-    out = subprocess.run([sys.executable, "-m", "seedtape", *args], capture_output=True, timeout=120,
-                         env={**env, **kw.pop("env", {})}, **kw)
-    if check:
-        assert out.returncode == 0, (args, out.stdout[-800:], out.stderr[-800:])
-    return out
+    """support.run_cli, where a failing command fails the test unless ``check=False``."""
+    return run_cli(*args, check=check, **kw)
 
 
 def tree_bytes(path: Path) -> bytes:
@@ -69,15 +65,6 @@ def send_upstream_headers(upstream, extra: list[tuple[str, str]]) -> None:
             super().end_headers()
 
     upstream.server.RequestHandlerClass = Handler
-
-
-def assert_openai_error(r: httpx.Response, status: int, code: str) -> dict:
-    assert r.status_code == status, (r.status_code, r.text[:300])
-    assert r.headers["x-should-retry"] == "false"
-    assert r.headers["content-type"].startswith("application/json")
-    err = r.json()["error"]
-    assert err["code"] == code and err["type"] == "seedtape_error" and err["message"].strip()
-    return err
 
 
 BODY = {"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "token please"}]}
@@ -215,27 +202,21 @@ def test_not_an_open_proxy(upstream, store, proxies):
     with FakeUpstream() as victim:
         p = proxies("--upstream", upstream.url, "--store", store, "--auth-token", TOKEN)
         for token in (b"", b"seedtape-token: " + TOKEN.encode() + b"\r\n"):
-            with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-                s.sendall(b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n" % (victim.port, victim.port, token))
-                head = s.recv(65536)
-            assert head.startswith((b"HTTP/1.1 400", b"HTTP/1.1 401")), head[:200]
-            assert b'"error"' in head
+            r = http_request(p.port, b"CONNECT 127.0.0.1:%d HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n%s\r\n"
+                             % (victim.port, victim.port, token), timeout=10)
+            assert r.status in (400, 401), r
+            assert b'"error"' in r.body
         r = httpx.get(f"{p.origin}/_fake/log", headers={"seedtape-token": TOKEN})  # reaches --upstream only
-        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-            s.sendall(b"GET http://127.0.0.1:%d/v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\nseedtape-token: %s\r\n"
-                      b"Connection: close\r\n\r\n" % (victim.port, victim.port, TOKEN.encode()))
-            answer = b""
-            while chunk := s.recv(65536):
-                answer += chunk
-        assert answer.startswith(b"HTTP/1.1 200") and r.status_code == 200
+        answer = http_request(p.port, b"GET http://127.0.0.1:%d/v1/models HTTP/1.1\r\nHost: 127.0.0.1:%d\r\n"
+                              b"seedtape-token: %s\r\nConnection: close\r\n\r\n" % (victim.port, victim.port, TOKEN.encode()),
+                              timeout=10, until_close=True)
+        assert answer.status == 200 and r.status_code == 200
         assert victim.log == []
         # the fake upstream logs only POSTs: send one absolute-form POST and find it at --upstream
-        with socket.create_connection(("127.0.0.1", p.port), timeout=10) as s:
-            body = json.dumps(BODY).encode()
-            s.sendall(b"POST http://127.0.0.1:%d/v1/chat/completions HTTP/1.1\r\nHost: x\r\nseedtape-token: %s\r\n"
-                      b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (victim.port, TOKEN.encode(), len(body), body))
-            while s.recv(65536):
-                pass
+        body = json.dumps(BODY).encode()
+        http_request(p.port, b"POST http://127.0.0.1:%d/v1/chat/completions HTTP/1.1\r\nHost: x\r\nseedtape-token: %s\r\n"
+                     b"Content-Length: %d\r\nConnection: close\r\n\r\n%s" % (victim.port, TOKEN.encode(), len(body), body),
+                     timeout=10, until_close=True)
         assert victim.log == [] and len(upstream.log) == 1
 
 
@@ -272,11 +253,11 @@ def test_secret_headers_never_reach_store_export_events_show_or_log(upstream, st
     assert all("seedtape-token" not in {k.lower() for k in r["headers"]} for r in upstream.log)
 
     with Store(store, readonly=True) as st_:
-        entries = list(st_.entries())
+        recorded = list(st_.entries())
         keys = st_.keys()
         events = st_.events()
-    assert len(entries) == 4 and len(events) == 1  # chat, stream, completion, embedding; one audit event
-    for e in entries:
+    assert len(recorded) == 4 and len(events) == 1  # chat, stream, completion, embedding; one audit event
+    for e in recorded:
         assert all(is_safe(k) for k, _ in e.headers), e.headers
         assert "x-upstream-session" not in dict(e.headers)
 
@@ -328,10 +309,9 @@ def test_redact_header_and_fields(upstream, store, proxies, tmp_path):
     assert replayed and {ch.id for ch in replayed} == {"[scrubbed]"}
     p.stop()
 
-    with Store(store, readonly=True) as st_:
-        entries = list(st_.entries())
-    assert len(entries) == 2
-    for e in entries:
+    recorded = entries(store)
+    assert len(recorded) == 2
+    for e in recorded:
         assert e.request["body"]["metadata"] == {"customer": "[scrubbed]", "run": "r1"}
         assert "x-request-id" not in dict(e.headers) and "content-type" in dict(e.headers)
         if e.format == "json":
@@ -444,8 +424,7 @@ def test_key_by_credential_keeps_teams_apart(upstream, store, proxies, tmp_path)
                  seedtape("ls", "--json", "--store", store).stdout):
         for secret in (KEY_A, KEY_B, KEY_C):
             assert secret.encode() not in blob
-    with Store(store, readonly=True) as st_:
-        creds = {e.request.get("credential") for e in st_.entries()}
+    creds = {e.request.get("credential") for e in entries(store)}
     assert len(creds) == 4 and all(c and not any(k in c for k in (KEY_A, KEY_B, KEY_C)) for c in creds)
 
 

@@ -320,7 +320,7 @@ def test_a_file_name_from_the_tape_is_escaped(tape, existing):
 
 def test_import_holds_at_most_so_much_in_memory(tape, monkeypatch):
     monkeypatch.setattr(tapefile, "MAX_TOTAL", 3000)  # the good tape's files add up to more
-    with pytest.raises(tapefile.TapeFileError, match="add up to over .*: import it in parts"):
+    with pytest.raises(tapefile.TapeFileError, match=r"add up to over .*: import it in parts"):
         tapefile.load(tape.root)
 
 
@@ -333,7 +333,7 @@ def test_a_new_store_is_not_even_created(tape, tmp_path):
 
 def test_the_good_tape_imports(tape, existing):
     """The cases above fail for what they change, not for the tape they start from."""
-    store, before = existing
+    store, _before = existing
     r, _ = seedtape("import", str(tape.root), "--store", str(store))
     assert r.returncode == 0, r.stderr
     assert r.stdout == f"imported 2 request keys, 2 entries from {tape.root}: 2 imported, 0 updated, 0 unchanged, " \
@@ -380,7 +380,7 @@ def test_the_good_tape_round_trips_byte_identical(good, tmp_path):
     with Store(tmp_path / "s") as st:
         tapefile.import_(st, root)
         tapefile.export(st, tmp_path / "again")
-    files = lambda d: {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}  # noqa: E731
+    files = lambda d: {str(p.relative_to(d)): p.read_bytes() for p in sorted(d.rglob("*")) if p.is_file()}
     assert files(tmp_path / "again") == files(root)
 
 

@@ -105,7 +105,7 @@ def post(proxy, body: dict | None = None, *, raw: bytes | None = None, path: str
 
 
 def no_injection(r: httpx.Response) -> None:
-    names = {k.lower() for k in r.headers.keys()}
+    names = {k.lower() for k in r.headers}
     assert "x-injected" not in names and "pwn=1" not in r.headers.get("set-cookie", ""), dict(r.headers)
     for k, v in r.headers.items():
         assert "\r" not in v and "\n" not in v, (k, v)
@@ -168,7 +168,7 @@ def test_replay_never_fails_on_a_stored_header_and_serves_only_safe_ones(store, 
     r = post(p)
     assert r.status_code == 200, r.text
     assert r.json()["choices"][0]["message"]["content"] == "hi"
-    names = {k.lower() for k in r.headers.keys()}
+    names = {k.lower() for k in r.headers}
     assert not names & {"location", "access-control-allow-origin", "transfer-encoding", "content-encoding",
                         "x-ratelimit-limit-requests"}, names
     assert r.headers["content-length"] == str(len(r.content))
