@@ -173,8 +173,36 @@ def audit_cmd(
     """Re-send stored requests live, compare the answers with the recordings, report drift.
 
     Samples are stored as audit events (`seedtape events`), never as recordings.
-    Exit status: 0 passed, 1 a --fail-on threshold was exceeded, 2 nothing could be audited.
+    Exit status: 0 passed, 1 a --fail-on threshold was exceeded, 2 nothing could be audited,
+    3 the audit itself failed (a bug, or a store it cannot read).
     """
+    args = dict(locals())
+    try:
+        _audit(**args)
+    except click.ClickException:
+        raise
+    except Exception as e:  # not the gate's status: a CI job must tell "drifted" from "broken"
+        output.echo(f"seedtape audit: internal error, no report: {type(e).__name__}: {e}", err=True)
+        sys.exit(3)
+
+
+def _audit(
+    store,
+    upstream,
+    model,
+    key_prefix,
+    older_than,
+    newer_than,
+    repeats,
+    concurrency,
+    max_retries,
+    timeout,
+    embedding_model,
+    api_key_env,
+    json_file,
+    html_file,
+    fail_on,
+) -> None:
     thresholds = parse_thresholds(fail_on)
     try:
         st = Store(store)
@@ -189,7 +217,6 @@ def audit_cmd(
             output.echo("seedtape audit: no recorded request matches the filters; nothing to audit", err=True)
             sys.exit(2)
         key = os.environ.get(api_key_env, "")
-        auth = {"authorization": f"Bearer {key}"} if key else {}
         if not key:
             output.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key", err=True)
         with click.progressbar(length=len(entries) * repeats, label="auditing", file=sys.stderr) as bar:
@@ -200,7 +227,7 @@ def audit_cmd(
                     upstream.rstrip("/"),
                     repeats=repeats,
                     concurrency=concurrency,
-                    auth=auth,
+                    api_key=key,
                     embedding_model=embedding_model,
                     max_retries=max_retries,
                     timeout=timeout,
@@ -216,6 +243,9 @@ def audit_cmd(
             f.write(htmlreport.render(report, events))
     if json_file != "-":
         print_table(report)
+    for rr in report.requests:
+        if rr.skipped:
+            output.echo(f"seedtape audit: skipped {rr.key[:12]}: it could not be audited ({rr.skipped})", err=True)
     if report.errors == report.samples:
         output.echo(f"seedtape audit: every sample failed (first error: {_first_error(report)})", err=True)
         sys.exit(2)

@@ -60,6 +60,7 @@ class RequestReport:
     mean_embedding_distance_to_recording: float | None = None
     mean_pairwise_embedding_distance: float | None = None
     errors: int = 0
+    skipped: str = ""  # why this recording could not be audited at all (it was reported, the audit went on)
 
 
 @dataclass
@@ -98,8 +99,17 @@ def _output(s: Sample) -> list:
 
 def request_url(upstream: str, entry: TapeEntry) -> str:
     req = entry.request
-    query = urlencode(req.get("query") or [])
+    query = urlencode([(str(k), str(v)) for k, v in req.get("query") or []])  # stored as [name, value] lists
     return upstream.rstrip("/") + req["path"] + (f"?{query}" if query else "")
+
+
+def credential_headers(entry: TapeEntry, api_key: str) -> dict[str, str]:
+    """How the recorded API takes a key: Azure OpenAI's /openai/... paths an ``api-key`` header, others a Bearer token."""
+    if not api_key:
+        return {}
+    if str(entry.request.get("path", "")).startswith("/openai/"):
+        return {"api-key": api_key}
+    return {"authorization": f"Bearer {api_key}"}
 
 
 def request_body(entry: TapeEntry) -> dict:
@@ -143,21 +153,22 @@ async def run(
     *,
     repeats: int = 3,
     concurrency: int = 4,
-    auth: dict[str, str] | None = None,
+    api_key: str = "",
     embedding_model: str | None = None,
     max_retries: int = 4,
     timeout: float = 120.0,
     progress: Callable[[int], None] = lambda n: None,
     prompt_of: Callable[[dict], str] = lambda req: "",
 ) -> AuditReport:
-    auth = auth or {}
     report = AuditReport(upstream=upstream, repeats=repeats, started=time.time(), embedding_model=embedding_model)
     sem = asyncio.Semaphore(max(1, concurrency))
     async with httpx.AsyncClient(timeout=timeout) as client:
 
         async def one(entry: TapeEntry, recorded: list[dict]) -> Sample:
             async with sem:
-                r, err, attempts = await _sample(client, request_url(upstream, entry), request_body(entry), auth, max_retries)
+                r, err, attempts = await _sample(
+                    client, request_url(upstream, entry), request_body(entry), credential_headers(entry, api_key), max_retries
+                )
             s = Sample(attempts=attempts, time=time.time())
             try:
                 if r is None:
@@ -176,6 +187,22 @@ async def run(
             return s
 
         async def audit_one(entry: TapeEntry) -> RequestReport:
+            try:
+                return await audit_entry(entry)
+            except Exception as e:  # one bad recording is reported and skipped; the audit goes on
+                rr = RequestReport(
+                    key=entry.key,
+                    model=entry.model,
+                    endpoint=entry.endpoint,
+                    prompt="",
+                    recorded_fingerprint=entry.fingerprint,
+                    recorded_at=entry.recorded_at,
+                )
+                rr.skipped = f"{type(e).__name__}: {e}"
+                progress(repeats)
+                return rr
+
+        async def audit_entry(entry: TapeEntry) -> RequestReport:
             recorded = divergence.outputs(entry.endpoint, entry.format, entry.body)
             rr = RequestReport(
                 key=entry.key,
@@ -196,7 +223,7 @@ async def run(
                 rr.mean_similarity_to_recording = _mean([_similarity(s) for s in good])
                 rr.mean_pairwise_similarity = divergence.mean_pairwise_similarity([divergence.text_of(_output(s)) for s in good])
                 if embedding_model:
-                    await _embeddings(client, upstream, embedding_model, auth, recorded, good, rr)
+                    await _embeddings(client, upstream, embedding_model, credential_headers(entry, api_key), recorded, good, rr)
             for s in rr.samples:
                 if not s.error:
                     store.add_event(
