@@ -131,6 +131,7 @@ def serve(
                 "will miss (record first in mode auto, or check the path)",
                 stacklevel=3,
             )
+            Store(store_path).close()  # an empty store: the proxy starts, and every request misses as warned
         cmd = ["--mode", mode, "--store", store_path, *(["--upstream", upstream] if upstream else []), *args]
         proxy = Proxy(cmd, env=env)
         proxy.store = store_path

@@ -57,6 +57,8 @@ import pytest
 from fake_upstream import FakeUpstream
 from support import assert_openai_error, build_request, entries, http_request
 
+from seedtape.proxy.tapes.store import Store
+
 CHAT = "/v1/chat/completions"
 
 # -- the Node SDK ---------------------------------------------------------------------
@@ -162,6 +164,7 @@ def test_node_sdk_records_then_replays_chat_and_stream_offline(upstream, store, 
 
 
 def test_node_sdk_replay_miss_is_a_404_api_error_with_seedtapes_message_and_no_retry(upstream, store, proxies, node_sdk):
+    Store(store).close()  # replay needs a store (an empty one starts, with a warning)
     rep = proxies("--mode", "replay", "--store", store, "--upstream", upstream.url)
     out = node_sdk(rep.base_url, "chat", content="Node: never recorded", maxRetries=2)  # retries allowed: must not happen
     assert not out["ok"], out

@@ -12,6 +12,8 @@ import pytest
 from conftest import API_KEY, async_client, chat, client
 from support import assert_openai_error, entries
 
+from seedtape.proxy.tapes.store import Store
+
 
 def test_record_then_replay_offline_sync(upstream, store, proxies):
     rec = proxies("--upstream", upstream.url, "--store", store)
@@ -74,6 +76,7 @@ def test_legacy_completions_get_a_seed_and_replay(upstream, store, proxies):
 
 
 def test_replay_miss_is_fast_clear_and_offline(upstream, store, proxies):
+    Store(store).close()  # replay needs a store (an empty one starts, with a warning)
     p = proxies("--mode", "replay", "--store", store, "--upstream", upstream.url)
     c = client(p, max_retries=2)  # even with retries allowed, the SDK must not retry a miss
     t0 = time.monotonic()
@@ -277,6 +280,7 @@ def test_malformed_json_gets_a_clear_400_and_proxy_keeps_serving(upstream, store
 
 
 def test_replay_mode_never_forwards_unknown_endpoints(upstream, store, proxies):
+    Store(store).close()
     p = proxies("--mode", "replay", "--store", store, "--upstream", upstream.url)
     r = httpx.get(p.base_url + "/models")
     assert_openai_error(r, 400, "not_replayable")

@@ -12,6 +12,7 @@ import asyncio
 import hmac
 import logging
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any, Optional
 
 from mitmproxy import ctx, exceptions, http
@@ -19,8 +20,9 @@ from mitmproxy import ctx, exceptions, http
 from seedtape.addons import internals
 from seedtape.proxy import bodies, errors, options, printable, wire
 from seedtape.proxy.deck import Tapedeck
-from seedtape.proxy.exchange import Exchange, Status
+from seedtape.proxy.exchange import Exchange
 from seedtape.proxy.headers import CREDENTIAL_HEADERS
+from seedtape.proxy.modes import Mode
 from seedtape.proxy.streams.pacer import Pacer
 from seedtape.proxy.tapes import unused
 from seedtape.proxy.tapes.store import Store, StoreError
@@ -91,7 +93,7 @@ class Seedtape:
                 if o.mitmproxy_name in updated:
                     o.validate(values[o.name])
             except ValueError as e:
-                problems.append(f"seedtape: {o.mitmproxy_name}: {e}")
+                problems.append(f"{o.mitmproxy_name}: {e}")
         if problems:
             self._refuse_options("; ".join(problems))
             return
@@ -103,6 +105,12 @@ class Seedtape:
                 f"seedtape: listening on {ctx.options.listen_host or 'every interface'} would let other machines use "
                 "this proxy and its store: add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN"
             )
+        if Mode(values["mode"]) is Mode.REPLAY and not (Path(values["store"]) / "data.mdb").exists():
+            self._refuse_options(
+                f"--mode replay serves recordings only, but there is no store at {values['store']} "
+                "(a typo in --store?): record into it with --mode auto, or `seedtape import` tapes into it"
+            )
+            return
         if self.store is None or updated & _STORE_OPTIONS:  # (built by serve with the real values deferred)
             try:
                 store = Store(values["store"], map_size=values["map_size"])
@@ -129,7 +137,7 @@ class Seedtape:
             raise exceptions.OptionsError(why)
         self.refusal = why
         if self.report_errors:
-            log.error(why)
+            log.error("seedtape: %s", why)
 
     async def running(self) -> None:
         if self.deck is None:
@@ -145,13 +153,17 @@ class Seedtape:
             print(f"OPENAI_BASE_URL=http://{host}:{port}/v1", flush=True)
         s = self.deck.settings
         assert self.store is not None, "configure built the deck on a store"
-        log.info(
-            "seedtape: mode=%s store=%s upstream=%s seed=%s",
-            s.mode.value,
-            self.store.path,
-            s.upstream,
-            s.seed.seed if s.seed.inject else "off",
-        )
+        seed = s.seed.seed if s.seed.inject else "off"
+        if s.mode is Mode.REPLAY:  # replay never contacts the upstream: naming one would mislead
+            log.info("seedtape: mode=replay store=%s seed=%s (offline: the upstream is never contacted)", self.store.path, seed)
+            if self.store.stats()["entries"] == 0:
+                log.warning(
+                    "seedtape: the store at %s holds no recordings: in replay mode every request will miss "
+                    "(record with --mode auto, or `seedtape import` tapes, first)",
+                    self.store.path,
+                )
+        else:
+            log.info("seedtape: mode=%s store=%s upstream=%s seed=%s", s.mode.value, self.store.path, s.upstream, seed)
 
     async def done(self) -> None:
         if self._pending:
@@ -323,8 +335,8 @@ class Seedtape:
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = internals.describe_error(flow.error.msg if flow.error else "unknown error", self.values.get("max_body", 0))
         path = wire.log_path(flow.request.path)
-        if ex is not None and ex.status is Status.RECORDED:
-            log.info("seedtape: %s %s: %s after the upstream completed (recorded)", flow.request.method, path, msg)
+        if ex is not None and ex.upstream_completed:  # e.g. the SDK hangs up at [DONE]: an ordinary exchange
+            self._log(ex, flow.response.status_code if flow.response is not None else 200)
             return
         log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, path, msg)
         if ex is not None:

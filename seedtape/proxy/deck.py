@@ -227,6 +227,7 @@ class Tapedeck:
         ex.tape = None  # taken: the rest of the body records nothing more
         ex.fingerprint = tape.fingerprint
         why = tape.verdict() or (f"upstream answered {status}" if not recordable_status(status) else "")
+        ex.upstream_completed = not tape.verdict()
         if why:
             ex.status, ex.note = Status.UNRECORDED, why
             return

@@ -74,6 +74,7 @@ class Exchange:
     status: Status = Status.PASSTHROUGH
     fingerprint: str = ""
     started: float = field(default_factory=time.monotonic)
+    upstream_completed: bool = False  # the upstream sent its whole answer (a stream: up to its end)
     note: str = ""  # why something was not recorded, for the log
 
     @property
