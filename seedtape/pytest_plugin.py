@@ -11,8 +11,11 @@ from __future__ import annotations
 
 import os
 import re
+import shlex
 import shutil
+import sys
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
 
 import pytest
@@ -62,8 +65,13 @@ def pytest_configure(config: pytest.Config) -> None:
     )
 
 
+def in_ci(environ: Mapping[str, str] = os.environ) -> bool:
+    """Whether CI is set to a true value: ``CI=false`` or ``CI=0`` (set by some tools) mean no."""
+    return environ.get("CI", "").strip().lower() not in ("", "0", "false", "no", "off")
+
+
 def _mode(config: pytest.Config) -> str:
-    return config.getoption("--seedtape-mode") or ("replay" if os.environ.get("CI") else "auto")
+    return config.getoption("--seedtape-mode") or ("replay" if in_ci() else "auto")
 
 
 def _enabled_for_all(config: pytest.Config) -> bool:
@@ -153,9 +161,10 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         ns = f" ns={e['namespace']}" if e.get("namespace") else ""
         tr.write_line(f"{e['key'][:12]} {e['fingerprint']} {e.get('model', '')} {e.get('path', '')}{ns}")
     tr.write_line(f"{len(unused)} unused (listed in {report}); reported, never deleted. To remove them:")
+    st = f"{shlex.quote(sys.executable)} -m seedtape"  # the interpreter running pytest: its venv need not be active
     tr.write_line(
-        f'  s="$(mktemp -d)" && seedtape import {tapes} --store "$s" && seedtape prune --store "$s" '
-        f'--unused-in {report} && seedtape export {tapes} --store "$s"; rm -rf "$s"'
+        f'  s="$(mktemp -d)" && {st} import {tapes} --store "$s" && {st} prune --store "$s" '
+        f'--unused-in {report} && {st} export {tapes} --store "$s"; rm -rf "$s"'
     )
 
 

@@ -268,9 +268,9 @@ def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path
     assert sorted(p.name for p in (project / "tapes").rglob("*.json")) == tapes_before  # reported, never deleted
     # The clean-up command it prints, run as printed, removes exactly that recording.
     [command] = [line.strip() for line in r.stdout.splitlines() if "seedtape prune" in line]
-    bindir = os.path.dirname(sys.executable)
+    assert f"{sys.executable} -m seedtape prune" in command  # the interpreter running pytest, not a `seedtape` on PATH
     done = subprocess.run(["bash", "-c", command], cwd=project, capture_output=True, text=True, timeout=120,
-                          env={**env, "PATH": bindir + os.pathsep + env.get("PATH", "")})
+                          env={**env, "PATH": "/usr/bin:/bin"})  # no venv active: `seedtape` itself is not found
     assert done.returncode == 0, done.stderr
     assert len(sorted(p.name for p in (project / "tapes").rglob("*.json"))) < len(tapes_before)
     r = run("--seedtape-mode=replay", "--seedtape-strict", "-k", "not story")

@@ -127,3 +127,13 @@ def test_an_internal_failure_of_audit_exits_3_not_the_gate_status(upstream, stor
                          capture_output=True, text=True, timeout=120)
     assert out.returncode == 3, out.stdout + out.stderr
     assert "seedtape audit: internal error" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_only_a_true_ci_value_means_ci():
+    from seedtape.pytest_plugin import in_ci
+
+    for value in ("true", "1", "yes", "True", "github"):
+        assert in_ci({"CI": value}), value
+    for value in ("", "0", "false", "False", "no", "off", " "):
+        assert not in_ci({"CI": value}), value
+    assert not in_ci({})
