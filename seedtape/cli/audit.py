@@ -153,32 +153,15 @@ def print_table(report: core.AuditReport) -> None:
     help="Exit 1 when the share of samples with VERDICT (drift, nondeterminism, fingerprint-only) "
     "exceeds SHARE, e.g. --fail-on drift=0 --fail-on nondeterminism=10%.",
 )
-def audit_cmd(
-    store,
-    upstream,
-    model,
-    key_prefix,
-    older_than,
-    newer_than,
-    repeats,
-    concurrency,
-    max_retries,
-    timeout,
-    embedding_model,
-    api_key_env,
-    json_file,
-    html_file,
-    fail_on,
-):
+def audit_cmd(**options) -> None:
     """Re-send stored requests live, compare the answers with the recordings, report drift.
 
     Samples are stored as audit events (`seedtape events`), never as recordings.
     Exit status: 0 passed, 1 a --fail-on threshold was exceeded, 2 nothing could be audited,
     3 the audit itself failed (a bug, or a store it cannot read).
     """
-    args = dict(locals())
     try:
-        _audit(**args)
+        _audit(**options)
     except click.ClickException:
         raise
     except Exception as e:  # not the gate's status: a CI job must tell "drifted" from "broken"
