@@ -402,3 +402,27 @@ def test_property_significant_change_changes_key(deck, body, data):
 def test_property_ignored_fields_never_change_key(deck, body, field, value):
     without = {k: v for k, v in body.items() if k not in NEVER_COUNT}
     assert key_of(deck, {**without, field: value}) == key_of(deck, without)
+
+
+def test_ignored_query_parameters_leave_the_key_by_name():
+    body = {"model": "m", "messages": []}
+    a = canonical.canonicalize("POST", "/openai/deployments/d/chat/completions", "api-version=1&x=2", body,
+                               ignored_query={"api-version"})
+    b = canonical.canonicalize("POST", "/openai/deployments/d/chat/completions", "x=2&api-version=9", body,
+                               ignored_query={"api-version"})
+    plain = canonical.canonicalize("POST", "/openai/deployments/d/chat/completions", "x=2", body)
+    assert a.key == b.key == plain.key
+    assert a.query == (("x", "2"),)
+    assert canonical.canonicalize("POST", "/p", "api-version=1", body).key != plain.key  # not ignored by default
+
+
+def test_a_miss_names_query_differences_by_parameter():
+    from seedtape.proxy.explain import jsondiff, nearest
+
+    old = {"method": "POST", "path": "/p", "query": [["api-version", "2024-10-21"], ["tag", "a"], ["tag", "b"]],
+           "body": {"model": "m"}}
+    new = {**old, "query": [["api-version", "2025-04-01-preview"], ["tag", "a"], ["tag", "b"]]}
+    [change] = jsondiff.diff(nearest.comparable(old), nearest.comparable(new))
+    assert str(change) == "query.api-version: 2024-10-21 != 2025-04-01-preview"
+    assert nearest.comparable(old)["query"]["tag"] == ["a", "b"]
+    assert nearest.comparable({**old, "query": [["lonely"], 7]})["query"] == {}  # malformed pairs are skipped

@@ -137,3 +137,60 @@ def test_only_a_true_ci_value_means_ci():
     for value in ("", "0", "false", "False", "no", "off", " "):
         assert not in_ci({"CI": value}), value
     assert not in_ci({})
+
+
+def _azure_chat(proxy, api_version: str, content: str = "azure question"):
+    return _azure(proxy, api_version).chat.completions.with_raw_response.create(
+        model="my-deployment", messages=[{"role": "user", "content": content}])
+
+
+def test_a_changed_api_version_misses_naming_the_query_parameter(upstream, store, proxies):
+    import openai
+    import pytest
+
+    rec = proxies("--upstream", upstream.url, "--store", store)
+    assert _azure_chat(rec, "2024-10-21").headers["seedtape-status"] == "recorded"
+    rec.stop()
+    rep = proxies("--mode", "replay", "--store", store)
+    with pytest.raises(openai.APIStatusError) as e:
+        _azure_chat(rep, "2025-04-01-preview")
+    text = str(e.value.body)
+    assert "query.api-version: 2024-10-21 != 2025-04-01-preview" in text, text
+    assert "query[0]" not in text
+
+
+def test_ignore_query_keeps_api_version_out_of_the_key(upstream, store, proxies):
+    rec = proxies("--upstream", upstream.url, "--store", store, "--ignore-query", "api-version")
+    first = _azure_chat(rec, "2024-10-21")
+    assert first.headers["seedtape-status"] == "recorded"
+    rec.stop()
+    rep = proxies("--mode", "replay", "--store", store, "--ignore-query", "api-version")
+    again = _azure_chat(rep, "2025-04-01-preview")
+    assert again.headers["seedtape-status"] == "hit"
+    assert again.headers["seedtape-key"] == first.headers["seedtape-key"]
+    with Store(store) as st:
+        [entry] = list(st.entries())
+    assert entry.request["query"] == []  # the ignored parameter is not part of the stored request
+    # explain agrees with the proxy when told the same rule
+    body = tmp = Path(store).parent / "req.json"
+    tmp.write_text('{"model": "my-deployment", "messages": [{"role": "user", "content": "azure question"}]}')
+    r = subprocess.run([sys.executable, "-m", "seedtape", "explain", "--store", store, "--path",
+                        "/openai/deployments/my-deployment/chat/completions?api-version=2099-01-01",
+                        "--ignore-query", "api-version", str(body)], capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0 and "replays" in r.stdout, r.stdout + r.stderr
+
+
+def test_audit_sets_an_ignored_query_parameter_again(upstream, store, proxies):
+    rec = proxies("--upstream", upstream.url, "--store", store, "--ignore-query", "api-version")
+    _azure_chat(rec, "2024-10-21")
+    rec.stop()
+    n = len(upstream.log)
+    out = subprocess.run([sys.executable, "-m", "seedtape", "audit", "--store", store, "--upstream", upstream.url,
+                          "--repeats", "1", "--query", "api-version=2025-01-01"], capture_output=True, text=True,
+                         timeout=120, env={**os.environ, "OPENAI_API_KEY": "k"})
+    assert out.returncode == 0, out.stdout + out.stderr
+    [sent] = upstream.log[n:]
+    assert sent["path"].endswith("/chat/completions?api-version=2025-01-01"), sent["path"]
+    bad = subprocess.run([sys.executable, "-m", "seedtape", "audit", "--store", store, "--query", "api-version"],
+                         capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr

@@ -133,6 +133,14 @@ def print_table(report: core.AuditReport) -> None:
     help="Environment variable holding the API key sent upstream (never stored).",
 )
 @click.option(
+    "--query",
+    "extra_query",
+    multiple=True,
+    metavar="NAME=VALUE",
+    help="Set this query parameter on every re-sent request, e.g. api-version=2024-10-21 for recordings made "
+    "with --ignore-query api-version; repeatable.",
+)
+@click.option(
     "--json",
     "json_file",
     type=click.Path(dir_okay=False, writable=True),
@@ -182,11 +190,13 @@ def _audit(
     timeout,
     embedding_model,
     api_key_env,
+    extra_query,
     json_file,
     html_file,
     fail_on,
 ) -> None:
     thresholds = parse_thresholds(fail_on)
+    query = [_query_pair(q) for q in extra_query]
     try:
         st = Store(store)
     except StoreError as e:
@@ -216,6 +226,7 @@ def _audit(
                     timeout=timeout,
                     progress=bar.update,
                     prompt_of=last_user_words,
+                    extra_query=query,
                 )
             )
         events = st.events()
@@ -236,6 +247,13 @@ def _audit(
     if failed:
         output.echo("seedtape audit: FAILED: " + "; ".join(failed), err=True)
         sys.exit(1)
+
+
+def _query_pair(text: str) -> tuple[str, str]:
+    name, sep, value = text.partition("=")
+    if not sep or not name:
+        raise click.BadParameter(f"{text!r}: use NAME=VALUE, e.g. api-version=2024-10-21", param_hint="--query")
+    return name, value
 
 
 def _first_error(report: core.AuditReport) -> str:

@@ -41,9 +41,10 @@ def _load(source: str) -> object:
 @click.option(
     "--ignore-field", multiple=True, metavar="FIELD", help="The proxy's --ignore-field list (default: user, metadata, store)."
 )
+@click.option("--ignore-query", multiple=True, metavar="NAME", help="The proxy's --ignore-query list.")
 @click.option("--fingerprint", default=None, help="The proxy's pinned --fingerprint.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore_field, fingerprint, as_json):
+def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore_field, ignore_query, fingerprint, as_json):
     """Explain whether REQUEST would replay, and if not, which recordings are nearest and what differs.
 
     Exit status 0 when it would replay, 1 when it would miss.
@@ -62,13 +63,14 @@ def explain(store, request, req_path, namespace, seed, no_seed_injection, ignore
             if {"method", "path", "body"} <= set(doc):  # already canonical
                 canonical_json = doc
             else:
-                path = req_path or dialects.guess_path(doc)
+                path, _, query = (req_path or dialects.guess_path(doc)).partition("?")
                 dialect = dialects.match("POST", path)
                 if dialect is not None and dialect.takes_seed:
                     doc, _ = SeedPolicy(seed, not no_seed_injection).apply(doc)
                 ignored = frozenset(ignore_field) if ignore_field else frozenset(DEFAULT_IGNORED_FIELDS)
-                path, _, query = path.partition("?")
-                canonical_json = canonicalize("POST", path, query, doc, ignored_fields=ignored, namespace=namespace).to_json()
+                canonical_json = canonicalize(
+                    "POST", path, query, doc, ignored_fields=ignored, ignored_query=frozenset(ignore_query), namespace=namespace
+                ).to_json()
         canonical = CanonicalRequest(
             method=canonical_json.get("method", "POST"),
             path=canonical_json.get("path", "/v1/chat/completions"),

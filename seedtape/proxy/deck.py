@@ -90,6 +90,7 @@ class Tapedeck:
                 query,
                 body,
                 ignored_fields=s.ignored_fields,
+                ignored_query=s.ignored_query,
                 namespace=namespace,
                 credential=self._credential(headers),
             )

@@ -141,6 +141,14 @@ OPTIONS: tuple[Option, ...] = (
         metavar="FIELD",
     ),
     Option(
+        "ignore_query",
+        list,
+        [],
+        "Query parameter kept out of the request key, by name (e.g. api-version, so one recording answers every "
+        "Azure API version); repeatable.",
+        metavar="NAME",
+    ),
+    Option(
         "embedding_model",
         str,
         None,
@@ -247,6 +255,7 @@ class Settings:
     mode: Mode = Mode.AUTO
     seed: SeedPolicy = field(default_factory=SeedPolicy)
     ignored_fields: frozenset[str] = frozenset(DEFAULT_IGNORED_FIELDS)
+    ignored_query: frozenset[str] = frozenset()  # query parameters kept out of the key, by name
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = DEFAULT_UPSTREAM
     embedding_model: str | None = None  # also compare live and recorded outputs by embedding distance
@@ -268,6 +277,7 @@ def settings(values: Mapping[str, Any], upstream: str) -> Settings:
         mode=Mode(v("mode")),
         seed=SeedPolicy(v("seed"), v("seed_injection")),
         ignored_fields=frozenset(v("ignore_field")),
+        ignored_query=frozenset(v("ignore_query")),
         fingerprint=v("fingerprint") or None,
         upstream=upstream,
         embedding_model=v("embedding_model") or None,

@@ -13,7 +13,7 @@ import contextlib
 import json
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from urllib.parse import urlencode
 
@@ -97,9 +97,12 @@ def _output(s: Sample) -> list:
     return s.output
 
 
-def request_url(upstream: str, entry: TapeEntry) -> str:
+def request_url(upstream: str, entry: TapeEntry, extra_query: Sequence[tuple[str, str]] = ()) -> str:
+    """The recorded request's URL on ``upstream``; ``extra_query`` sets parameters the key left out (api-version)."""
     req = entry.request
-    query = urlencode([(str(k), str(v)) for k, v in req.get("query") or []])  # stored as [name, value] lists
+    names = {n for n, _ in extra_query}
+    pairs = [(str(k), str(v)) for k, v in req.get("query") or [] if str(k) not in names]  # stored as [name, value] lists
+    query = urlencode(pairs + list(extra_query))
     return upstream.rstrip("/") + req["path"] + (f"?{query}" if query else "")
 
 
@@ -159,6 +162,7 @@ async def run(
     timeout: float = 120.0,
     progress: Callable[[int], None] = lambda n: None,
     prompt_of: Callable[[dict], str] = lambda req: "",
+    extra_query: Sequence[tuple[str, str]] = (),
 ) -> AuditReport:
     report = AuditReport(upstream=upstream, repeats=repeats, started=time.time(), embedding_model=embedding_model)
     sem = asyncio.Semaphore(max(1, concurrency))
@@ -167,7 +171,11 @@ async def run(
         async def one(entry: TapeEntry, recorded: list[dict]) -> Sample:
             async with sem:
                 r, err, attempts = await _sample(
-                    client, request_url(upstream, entry), request_body(entry), credential_headers(entry, api_key), max_retries
+                    client,
+                    request_url(upstream, entry, extra_query),
+                    request_body(entry),
+                    credential_headers(entry, api_key),
+                    max_retries,
                 )
             s = Sample(attempts=attempts, time=time.time())
             try:

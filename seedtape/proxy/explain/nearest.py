@@ -59,8 +59,12 @@ def comparable(request: dict) -> dict:
     out = dict(body) if isinstance(body, dict) else {"body": body}
     if request.get("namespace") or "namespace" in out:
         out["namespace"] = request.get("namespace", "")
-    if request.get("query"):
-        out["query"] = request["query"]
+    if request.get("query"):  # by parameter name, so a difference reads query.api-version
+        query: dict[str, list[str]] = {}
+        for pair in request["query"]:
+            if isinstance(pair, (list, tuple)) and len(pair) == 2:
+                query.setdefault(str(pair[0]), []).append(pair[1])
+        out["query"] = {k: v[0] if len(v) == 1 else v for k, v in query.items()}
     if request.get("credential"):
         out["credential"] = request["credential"]
     return out

@@ -8,7 +8,8 @@ Rules, version 1 (docs/request-key.md repeats them):
 
 1. method is upper-cased.
 2. path: repeated slashes collapse, a trailing slash is dropped.
-3. query: parameters sorted by name, then value.
+3. query: parameters sorted by name, then value; parameters on the query
+   ignore list (``--ignore-query``, e.g. Azure's ``api-version``) are removed.
 4. body, when it parses as JSON: keys sorted, compact separators, UTF-8;
    floats with an integral value are written as ints (1.0 == 1); top-level
    fields on the ignore list are removed; ``stream`` and ``stream_options``
@@ -81,8 +82,8 @@ def normalize_path(path: str) -> str:
     return path
 
 
-def normalize_query(query: str) -> tuple[tuple[str, str], ...]:
-    return tuple(sorted(parse_qsl(query, keep_blank_values=True)))
+def normalize_query(query: str, ignored: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[str, str], ...]:
+    return tuple(sorted(p for p in parse_qsl(query, keep_blank_values=True) if p[0] not in ignored))
 
 
 def normalize_numbers(value: object) -> object:
@@ -122,6 +123,7 @@ def canonicalize(
     body: object,
     *,
     ignored_fields: frozenset[str] | set[str] = frozenset(DEFAULT_IGNORED_FIELDS),
+    ignored_query: frozenset[str] | set[str] = frozenset(),
     namespace: str = "",
     credential: str = "",
 ) -> CanonicalRequest:
@@ -133,7 +135,7 @@ def canonicalize(
     return CanonicalRequest(
         method=method.upper(),
         path=normalize_path(path),
-        query=normalize_query(query),
+        query=normalize_query(query, ignored_query),
         body=cbody,
         namespace=namespace,
         credential=credential,
