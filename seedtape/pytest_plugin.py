@@ -21,9 +21,9 @@ from pathlib import Path
 import pytest
 
 from seedtape.proxy.modes import MODE_NAMES
+from seedtape.proxy.wire import PLACEHOLDER_API_KEY
 
 _MISS = re.compile(r"seedtape: miss \S+ (\S+) key=(\w+)")
-_DUMMY_KEY = "sk-seedtape-replay-no-key-needed"
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -121,7 +121,7 @@ def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
         raise pytest.UsageError(f"@pytest.mark.seedtape(mode={mode!r}): choose one of {', '.join(MODE_NAMES)}")
     monkeypatch.setenv("OPENAI_BASE_URL", proxy.url(mode, kw.get("namespace")))
     if not os.environ.get("OPENAI_API_KEY"):
-        monkeypatch.setenv("OPENAI_API_KEY", _DUMMY_KEY)  # replay needs no key; the SDK insists on one
+        monkeypatch.setenv("OPENAI_API_KEY", PLACEHOLDER_API_KEY)  # replay needs none; the proxy never forwards it
     request.node.stash[_watch] = (proxy, len(proxy.lines))
     yield proxy
 

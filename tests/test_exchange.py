@@ -371,3 +371,21 @@ def test_non_utf8_encodings_are_refused(store, content):
     ex = deck(store).begin("POST", "/v1/embeddings", {}, content)
     assert ex.reply is not None and ex.reply.status == 400
     assert error_of(ex)["code"] == "invalid_request"
+
+
+@pytest.mark.parametrize("mode", [Mode.AUTO, Mode.RECORD, Mode.AUDIT, Mode.PASSTHROUGH])
+@pytest.mark.parametrize(("header", "value"), [("authorization", "Bearer sk-seedtape-replay-no-key-needed"),
+                                               ("api-key", "sk-seedtape-replay-no-key-needed")])
+def test_the_placeholder_key_is_never_forwarded(store, mode, header, value):
+    for path in (CHAT, "/v1/models"):
+        ex = deck(store, mode).begin("POST", path, {header: value}, CONTENT)
+        assert not ex.goes_live and ex.reply is not None
+        assert ex.reply.status == 401 and b"set OPENAI_API_KEY" in ex.reply.body
+    real = deck(store, mode).begin("POST", CHAT, {header: "sk-real"}, CONTENT)
+    assert real.goes_live
+
+
+def test_the_placeholder_key_replays(store):
+    record(store)
+    ex = deck(store, Mode.REPLAY).begin("POST", CHAT, {"authorization": "Bearer sk-seedtape-replay-no-key-needed"}, CONTENT)
+    assert ex.status.is_hit

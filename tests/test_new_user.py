@@ -194,3 +194,38 @@ def test_audit_sets_an_ignored_query_parameter_again(upstream, store, proxies):
     bad = subprocess.run([sys.executable, "-m", "seedtape", "audit", "--store", store, "--query", "api-version"],
                          capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "NAME=VALUE" in bad.stderr
+
+
+def _sample_project(tmp_path: Path) -> Path:
+    import shutil
+
+    dest = tmp_path / "project"
+    shutil.copytree(REPO / "tests" / "sample_project", dest, ignore=shutil.ignore_patterns("tapes", "__pycache__"))
+    return dest
+
+
+def test_the_plugin_placeholder_key_never_reaches_the_upstream(upstream, tmp_path):
+    from test_pytest_plugin import run_pytest
+
+    project = _sample_project(tmp_path)
+    r = run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}")  # no OPENAI_API_KEY
+    assert r.returncode == 1, r.stdout + r.stderr
+    assert "set OPENAI_API_KEY" in r.stdout and "placeholder API key" in r.stdout, r.stdout
+    assert "Incorrect API key" not in r.stdout
+    assert upstream.log == []  # nothing, and so no placeholder key, reached the upstream
+    written = {p.name for p in (project / "tapes").rglob("*") if p.is_file()}
+    assert written <= {"seedtape-tapes.json", ".gitattributes"}, written  # no recording, at most an empty tape dir
+
+
+def test_a_real_key_records_and_the_placeholder_then_replays(upstream, tmp_path):
+    from test_pytest_plugin import run_pytest
+
+    project = _sample_project(tmp_path)
+    r = run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}",
+                   env={"OPENAI_API_KEY": "sk-real"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    n = len(upstream.log)
+    assert all(s["headers"].get("authorization") == "Bearer sk-real" for s in upstream.log)
+    r = run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}")  # hits only: no key needed
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert len(upstream.log) == n

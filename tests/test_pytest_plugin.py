@@ -68,7 +68,8 @@ def test_record_once_then_replay_offline_without_a_key(upstream, project, tmp_pa
 
 
 def test_a_replay_miss_fails_the_test_and_says_how_to_record(upstream, project):
-    assert run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}").returncode == 0
+    assert run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}",
+                      env={"OPENAI_API_KEY": "sk-recording-key"}).returncode == 0
     upstream.stop()
     (project / "test_new.py").write_text(
         "import pytest\nfrom app import summarize\n\n@pytest.mark.seedtape\n"
@@ -88,8 +89,9 @@ def test_marker_mode_overrides_the_session(upstream, project):
         "def test_always_live():\n    assert summarize('always live')\n"
     )
     args = ("--seedtape-mode=replay", f"--seedtape-upstream={upstream.url}", "test_record.py")
-    assert run_pytest(project, *args).returncode == 0
-    assert run_pytest(project, *args).returncode == 0
+    key = {"OPENAI_API_KEY": "sk-recording-key"}
+    assert run_pytest(project, *args, env=key).returncode == 0
+    assert run_pytest(project, *args, env=key).returncode == 0
     assert len(upstream.requests_to("/chat/completions")) == 2  # record mode went live both times
 
 

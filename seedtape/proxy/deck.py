@@ -51,6 +51,12 @@ class Tapedeck:
 
     def begin(self, method: str, path: str, headers: dict[str, str], content: bytes) -> Exchange:
         """Decide what to do with a request. Never raises for bad input: it refuses."""
+        ex = self._decide(method, path, headers, content)
+        if ex.goes_live and _placeholder_key(headers):
+            return self._refuse(ex, errors.no_api_key(self.settings.upstream, ex.mode.value))
+        return ex
+
+    def _decide(self, method: str, path: str, headers: dict[str, str], content: bytes) -> Exchange:
         s = self.settings
         ex = Exchange(method=method, path=path, mode=s.mode)
         try:
@@ -323,3 +329,8 @@ class Tapedeck:
     async def close(self) -> None:
         if self.embedder is not None:
             await self.embedder.close()
+
+
+def _placeholder_key(headers: dict[str, str]) -> bool:
+    """Whether the request carries the pytest plugin's placeholder key instead of a real one."""
+    return any(wire.PLACEHOLDER_API_KEY in headers.get(h, "") for h in CREDENTIAL_HEADERS)

@@ -93,6 +93,16 @@ def too_large(why: str, limit: int) -> SeedtapeError:
     )
 
 
+def no_api_key(upstream: str, mode: str) -> SeedtapeError:
+    return SeedtapeError(
+        401,
+        "seedtape_no_api_key",
+        f"seedtape would send this request to the upstream {upstream} (mode {mode}), "
+        "but it carries seedtape's placeholder API key, which replay alone may use: set OPENAI_API_KEY "
+        "(AZURE_OPENAI_API_KEY for Azure) to record it. The placeholder never reaches the upstream.",
+    )
+
+
 def unauthorized() -> SeedtapeError:
     return SeedtapeError(
         401,

@@ -12,6 +12,10 @@ AUTH_TOKEN = "seedtape-token"  # request: the proxy's --auth-token
 DIVERGENCE = "seedtape-divergence"
 MISS = "seedtape-miss"  # replay miss: the nearest recordings and what differs, one line
 
+# The API key the pytest plugin sets when OPENAI_API_KEY is unset: replay needs no key but the
+# SDKs insist on one. It never reaches an upstream: a request that would go live with it is refused.
+PLACEHOLDER_API_KEY = "sk-seedtape-replay-no-key-needed"
+
 # Request headers meant for seedtape only: never forwarded upstream.
 PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE, AUTH_TOKEN)
 
