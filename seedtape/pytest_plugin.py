@@ -14,7 +14,6 @@ import re
 import shlex
 import shutil
 import sys
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from seedtape.proxy.modes import MODE_NAMES
 from seedtape.proxy.wire import PLACEHOLDER_API_KEY
 
 _MISS = re.compile(r"seedtape: miss \S+ (\S+) key=(\w+)")
+_OUTCOME = re.compile(r"seedtape: (recorded|hit|miss)[ ;]")  # the per-request log lines of the proxy
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -85,7 +85,7 @@ def _tapes(config: pytest.Config) -> Path:
 
 
 @pytest.fixture(scope="session")
-def seedtape_proxy(pytestconfig: pytest.Config):
+def seedtape_proxy(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPathFactory):
     """The session's seedtape proxy (seedtape.api.Proxy), serving the tapes directory."""
     from seedtape.api import serve
 
@@ -97,10 +97,13 @@ def seedtape_proxy(pytestconfig: pytest.Config):
     args = ["--miss-hint", hint]
     report = None
     if pytestconfig.getoption("--seedtape-strict"):
-        report = Path(tempfile.mkdtemp(prefix="seedtape-strict-")) / "unused.json"
+        # Under pytest's own temporary directory, which it rotates: the clean-up command needs the
+        # report after the session, and nothing is left behind for good.
+        report = tmp_path_factory.mktemp("seedtape-strict") / "unused.json"
         args += ["--report-unused", str(report)]
     with serve(mode, tapes=_tapes(pytestconfig), upstream=pytestconfig.getoption("--seedtape-upstream"), args=args) as proxy:
         yield proxy
+    pytestconfig.stash[_outcomes] = (mode, _count_outcomes(proxy.lines))
     if report is not None:
         found = _read_unused(report)
         if not found:  # nothing to prune: the report is not needed afterwards
@@ -128,6 +131,15 @@ def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
 
 _watch = pytest.StashKey[tuple]()
 _unused = pytest.StashKey[tuple[list[dict], Path, Path]]()  # (unused entries, report file, tapes directory)
+_outcomes = pytest.StashKey[tuple[str, dict[str, int]]]()  # (session mode, {"recorded": n, "hit": n, "miss": n})
+
+
+def _count_outcomes(lines: list[str]) -> dict[str, int]:
+    counts = dict.fromkeys(("recorded", "hit", "miss"), 0)
+    for line in lines:
+        if m := _OUTCOME.search(line):
+            counts[m.group(1)] += 1
+    return counts
 
 
 def _read_unused(report: Path) -> list:
@@ -148,6 +160,11 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 
 def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Config) -> None:
+    outcomes = config.stash.get(_outcomes, None)
+    if outcomes is not None:
+        mode, n = outcomes
+        missed = f", {n['miss']} missed" if n["miss"] else ""
+        terminalreporter.write_line(f"seedtape ({mode}): {_plural(n['recorded'], 'recording')} made, {n['hit']} replayed{missed}")
     found = config.stash.get(_unused, None)
     if found is None:
         return
@@ -166,6 +183,23 @@ def pytest_terminal_summary(terminalreporter, exitstatus: int, config: pytest.Co
         f'  s="$(mktemp -d)" && {st} import {tapes} --store "$s" && {st} prune --store "$s" '
         f'--unused-in {report} && {st} export {tapes} --store "$s"; rm -rf "$s"'
     )
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    """Strict mode's verdict as the very last line, after pytest's own "2 passed" (which it contradicts)."""
+    found = config.stash.get(_unused, None)
+    tr = config.pluginmanager.get_plugin("terminalreporter")
+    if found and found[0] and tr is not None:
+        tr.write_line(
+            f"seedtape strict: the session FAILED (exit status 1): {_plural(len(found[0]), 'recording')} "
+            "in the tapes used by no test",
+            red=True,
+            bold=True,
+        )
+
+
+def _plural(n: int, word: str) -> str:
+    return f"{n} {word}{'' if n == 1 else 's'}"
 
 
 @pytest.hookimpl(wrapper=True)

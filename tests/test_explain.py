@@ -251,13 +251,17 @@ SAMPLE = Path(__file__).parent / "sample_project"
 def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path):
     project = tmp_path / "project"
     shutil.copytree(SAMPLE, project, ignore=shutil.ignore_patterns("tapes", "__pycache__"))
+    tmp = tmp_path / "tmp"  # the inner sessions' temporary directory, to see what they leave behind
+    tmp.mkdir()
     env = {k: v for k, v in os.environ.items() if k not in ("CI", "OPENAI_API_KEY", "OPENAI_BASE_URL")}
-    run = lambda *a: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a],
-                                    cwd=project, capture_output=True, text=True, timeout=300, env=env)
+    env["TMPDIR"] = str(tmp)
+    run = lambda *a, **e: subprocess.run([sys.executable, "-m", "pytest", "-q", "-p", "no:cacheprovider", *a],
+                                         cwd=project, capture_output=True, text=True, timeout=300, env={**env, **e})
     # The first, recording run is strict too: what it just recorded was used by its tests.
-    r = run("--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}", "--seedtape-strict")
+    r = run("--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}", "--seedtape-strict", OPENAI_API_KEY="sk-rec")
     assert r.returncode == 0, r.stdout
     assert "every recording in the tapes was used" in r.stdout
+    assert "seedtape (auto): 4 recordings made, 1 replayed" in r.stdout  # two tests share one recording
     r = run("--seedtape-mode=replay", "--seedtape-strict")
     assert r.returncode == 0, r.stdout
     assert "every recording in the tapes was used" in r.stdout
@@ -265,6 +269,9 @@ def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path
     r = run("--seedtape-mode=replay", "--seedtape-strict", "-k", "not story")
     assert r.returncode == 1, r.stdout
     assert "recordings no test used" in r.stdout and "1 unused" in r.stdout
+    last = r.stdout.strip().splitlines()[-1]
+    assert last == "seedtape strict: the session FAILED (exit status 1): 1 recording in the tapes used by no test", last
+    assert not list(tmp.glob("seedtape-strict*"))  # the report lives in pytest's rotated temporary directory
     assert sorted(p.name for p in (project / "tapes").rglob("*.json")) == tapes_before  # reported, never deleted
     # The clean-up command it prints, run as printed, removes exactly that recording.
     [command] = [line.strip() for line in r.stdout.splitlines() if "seedtape prune" in line]
