@@ -191,8 +191,8 @@ def pytest_unconfigure(config: pytest.Config) -> None:
     tr = config.pluginmanager.get_plugin("terminalreporter")
     if found and found[0] and tr is not None:
         tr.write_line(
-            f"seedtape strict: the session FAILED (exit status 1): {_plural(len(found[0]), 'recording')} "
-            "in the tapes used by no test",
+            f"seedtape: the session FAILED (exit status 1): {_plural(len(found[0]), 'recording')} "
+            "in the tapes used by no test (--seedtape-strict)",
             red=True,
             bold=True,
         )

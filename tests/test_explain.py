@@ -270,7 +270,8 @@ def test_plugin_strict_fails_the_session_on_unused_recordings(upstream, tmp_path
     assert r.returncode == 1, r.stdout
     assert "recordings no test used" in r.stdout and "1 unused" in r.stdout
     last = r.stdout.strip().splitlines()[-1]
-    assert last == "seedtape strict: the session FAILED (exit status 1): 1 recording in the tapes used by no test", last
+    assert last == ("seedtape: the session FAILED (exit status 1): 1 recording in the tapes used by no test "
+                    "(--seedtape-strict)"), last
     assert not list(tmp.glob("seedtape-strict*"))  # the report lives in pytest's rotated temporary directory
     assert sorted(p.name for p in (project / "tapes").rglob("*.json")) == tapes_before  # reported, never deleted
     # The clean-up command it prints, run as printed, removes exactly that recording.
