@@ -389,3 +389,32 @@ def test_the_placeholder_key_replays(store):
     record(store)
     ex = deck(store, Mode.REPLAY).begin("POST", CHAT, {"authorization": "Bearer sk-seedtape-replay-no-key-needed"}, CONTENT)
     assert ex.status.is_hit
+
+
+def test_two_recordings_of_one_key_at_once_that_disagree_are_a_divergence_event(store):
+    import asyncio
+
+    a, b = deck(store), deck(store)  # two proxies on one store
+    ex_a = a.begin("POST", CHAT, {}, CONTENT)
+    ex_b = b.begin("POST", CHAT, {}, CONTENT)
+    assert ex_a.status == ex_b.status == "live"  # both missed: neither had a recording to compare with
+    a.finish(ex_a, 200, upstream_headers(), completion("four"))
+    assert ex_a.divergence is None
+    b.finish(ex_b, 200, upstream_headers(), completion("4, surely"))
+    assert ex_b.status == "recorded" and ex_b.divergence is not None
+    assert ex_b.divergence.verdict == "nondeterminism"  # same fingerprint, another answer
+    event = asyncio.run(b.settle(ex_b, {}))
+    assert event is not None and event["verdict"] == "nondeterminism"
+    assert store.events()[-1]["live_output"] != store.events()[-1]["recorded_output"]
+    assert store.get(ex_b.key).times_recorded == 2
+
+
+def test_the_same_answer_recorded_twice_is_no_event(store):
+    import asyncio
+
+    a, b = deck(store), deck(store)
+    ex_a, ex_b = a.begin("POST", CHAT, {}, CONTENT), b.begin("POST", CHAT, {}, CONTENT)
+    a.finish(ex_a, 200, upstream_headers(), completion("four"))
+    b.finish(ex_b, 200, upstream_headers(), completion("four"))
+    assert ex_b.divergence is not None and ex_b.divergence.verdict == "match"
+    assert asyncio.run(b.settle(ex_b, {})) is None and store.events() == []

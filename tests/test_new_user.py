@@ -229,3 +229,24 @@ def test_a_real_key_records_and_the_placeholder_then_replays(upstream, tmp_path)
     r = run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}")  # hits only: no key needed
     assert r.returncode == 0, r.stdout + r.stderr
     assert len(upstream.log) == n
+
+
+def test_two_proxies_recording_one_key_with_different_answers_flag_a_divergence(upstream, store, proxies):
+    from concurrent.futures import ThreadPoolExecutor
+
+    upstream.noise = True  # every answer differs
+    upstream.latency = 0.5  # both requests are in flight at once: both miss, both record
+    one = proxies("--upstream", upstream.url, "--store", store)
+    two = proxies("--upstream", upstream.url, "--store", store)
+    with ThreadPoolExecutor(2) as pool:
+        answers = list(pool.map(lambda p: chat(client(p), "same question"), (one, two)))
+    assert [a.headers["seedtape-status"] for a in answers] == ["recorded", "recorded"]
+    assert answers[0].headers["seedtape-key"] == answers[1].headers["seedtape-key"]
+    flagged = [a for a in answers if a.headers.get("seedtape-divergence", "").startswith("nondeterminism")]
+    assert len(flagged) == 1, [a.headers.get("seedtape-divergence") for a in answers]
+    one.stop()
+    two.stop()
+    r = subprocess.run([sys.executable, "-m", "seedtape", "events", "--store", store, "--json"],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    assert '"verdict": "nondeterminism"' in r.stdout and '"source": "proxy"' in r.stdout, r.stdout

@@ -306,7 +306,7 @@ class Tapedeck:
         self.index.add(ex.key, request)
         body = ex.canonical.body  # a JSON object: requestbody.parse admits nothing else
         requested = body.get("model", "") if isinstance(body, dict) else ""
-        self.store.put(
+        replaced = self.store.replace(
             TapeEntry(
                 key=ex.key,
                 fingerprint=ex.fingerprint,
@@ -324,6 +324,10 @@ class Tapedeck:
         )
         ex.status = Status.RECORDED
         self.served.add((ex.key, ex.fingerprint))  # recorded for a request of this run: used
+        if replaced is not None and ex.divergence is None:
+            # Recorded meanwhile by someone else (another proxy, a concurrent request): compare as audit would.
+            ex.recorded = replaced
+            self._compare(ex, fmt, content)
         return ex
 
     async def close(self) -> None:

@@ -133,18 +133,27 @@ class Store:
 
         ``as_is`` (import) keeps the entry's own timestamps and counts.
         """
+        self.replace(entry, as_is=as_is)
+        return entry
 
-        def write(txn: lmdb.Transaction[bytes]) -> TapeEntry:
+    def replace(self, entry: TapeEntry, *, as_is: bool = False) -> TapeEntry | None:
+        """``put``, returning the entry it replaced for the same (key, fingerprint), if any.
+
+        Read in the writing transaction, so of two proxies recording one key at once the later
+        one sees the other's answer (and can tell whether they agree).
+        """
+
+        def write(txn: lmdb.Transaction[bytes]) -> TapeEntry | None:
             k = _entry_key(entry.key, entry.fingerprint)
             old = txn.get(k, db=self._entries)
-            if old is not None and not as_is:
-                prev = TapeEntry.decode(old)
+            prev = TapeEntry.decode(old) if old is not None else None
+            if prev is not None and not as_is:
                 # min: another process may have committed a recording stamped after this one
                 entry.first_recorded_at = min(prev.first_recorded_at or prev.recorded_at, entry.recorded_at)
                 entry.times_recorded = prev.times_recorded + 1
             txn.put(k, entry.encode(), db=self._entries)
             self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
-            return entry
+            return prev
 
         if not entry.recorded_at:
             entry.recorded_at = time.time()
