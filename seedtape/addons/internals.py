@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import asyncio
 import dataclasses
-import signal
 
 import h11
 from mitmproxy import ctx, exceptions, hooks, http
@@ -175,8 +174,13 @@ class StartError(Exception):
     """The proxy could not start (a bad option value, a store that cannot be opened); one line says why."""
 
 
-async def run_lean(options: dict, addon) -> None:
-    """Run the lean Master with ``addon`` until SIGINT or SIGTERM; StartError when it cannot start."""
+async def run_lean(options: dict, addon, grace: float = 0.0) -> None:
+    """Run the lean Master with ``addon`` until SIGINT or SIGTERM; StartError when it cannot start.
+
+    ``grace``: seconds a signal leaves the exchanges in flight to finish (see shutdown.py).
+    """
+    from seedtape.addons import shutdown
+
     try:
         m = build_master(options, addon)
     except exceptions.OptionsError as e:
@@ -184,8 +188,7 @@ async def run_lean(options: dict, addon) -> None:
     if getattr(addon, "refusal", ""):  # e.g. a store that cannot be opened: before anything listens
         raise StartError(addon.refusal)
     loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, m.shutdown)
+    shutdown.install(m, addon.in_flight, grace, loop.add_signal_handler)
     await m.run()
     # Client connections still open at shutdown are cancelled; asyncio would print each as an error.
     loop.set_exception_handler(

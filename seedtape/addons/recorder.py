@@ -18,6 +18,7 @@ from typing import Any, Optional
 from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
+from seedtape.addons.shutdown import EXCHANGE, InFlight
 from seedtape.proxy import bodies, errors, options, printable, wire
 from seedtape.proxy.deck import Tapedeck
 from seedtape.proxy.exchange import Exchange
@@ -31,7 +32,6 @@ log = logging.getLogger("seedtape")
 log.addFilter(printable.LogEscaper())  # every line: paths and fingerprints come from clients and upstreams
 
 OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
-EXCHANGE = "seedtape_exchange"
 TIMER = "seedtape_timer"  # flow.metadata: the upstream timeout's handle
 PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be recorded
 
@@ -67,6 +67,7 @@ class Seedtape:
         self._pending: set[asyncio.Task] = set()
         self.refusal = ""  # a bad option at start-up: every request is refused with it
         self.values: dict[str, Any] = {}  # the option values by name, parsed and checked
+        self.in_flight = InFlight()  # what a graceful stop waits for
 
     def _deck(self) -> Tapedeck:
         """The deck, for the flow hooks: they act only on flows requestheaders let through, which needs one.
@@ -187,6 +188,7 @@ class Seedtape:
 
     def requestheaders(self, flow: http.HTTPFlow) -> None:
         """Refuse early what must not be read: a missing auth token, a body over --max-body."""
+        self.in_flight.add(flow)
         if self.refusal or self.deck is None:  # fail closed: never a live call without seedtape's rules
             self._reply(flow, errors.internal(self.refusal or "seedtape is not configured"))
             return
@@ -311,6 +313,7 @@ class Seedtape:
 
     async def response(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
+        self.in_flight.remove(flow)
         if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
             return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
@@ -332,13 +335,17 @@ class Seedtape:
 
     def error(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
+        self.in_flight.remove(flow)
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = internals.describe_error(flow.error.msg if flow.error else "unknown error", self.values.get("max_body", 0))
         path = wire.log_path(flow.request.path)
         if ex is not None and ex.upstream_completed:  # e.g. the SDK hangs up at [DONE]: an ordinary exchange
             self._log(ex, flow.response.status_code if flow.response is not None else 200)
             return
-        log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, path, msg)
+        if self.in_flight.stopping:  # the proxy cut it (not the client), and its stop line named it
+            msg = self.in_flight.stopping
+        else:
+            log.warning("seedtape: %s %s failed, nothing recorded: %s", flow.request.method, path, msg)
         if ex is not None:
             ex.failed(msg)  # a cut stream is never recorded
 

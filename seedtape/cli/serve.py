@@ -98,7 +98,7 @@ def serve(**values) -> None:
     from seedtape.addons.recorder import Seedtape
 
     try:
-        asyncio.run(run_lean(mitm, Seedtape(report_errors=False)))
+        asyncio.run(run_lean(mitm, Seedtape(report_errors=False), grace=values["grace"]))
     except StartError as e:  # a store that cannot be opened, a bad option: one clear line, not a traceback
         click.echo(f"seedtape: {e}", err=True)
         sys.exit(2)

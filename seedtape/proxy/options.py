@@ -237,6 +237,16 @@ OPTIONS: tuple[Option, ...] = (
         metavar="BYTES",
         where=MITMPROXY,
     ),
+    Option(
+        "grace",
+        float,
+        5.0,
+        "On Ctrl-C or SIGTERM, stop listening and give the exchanges in flight this long to finish (and be "
+        "recorded); a second Ctrl-C stops at once.",
+        minimum=0,
+        metavar="SECONDS",
+        where=SERVE,
+    ),
     Option("quiet", bool, False, "Log warnings only, not one line per request.", short="-q", where=SERVE),
 )
 
