@@ -233,8 +233,8 @@ def _audit(
     if json_file:
         click.open_file(json_file, "w").write(core.dumps(report) + "\n")
     if html_file:
-        with open(html_file, "w") as f:
-            f.write(htmlreport.render(report, events))
+        with open(html_file, "w", encoding="utf-8") as f:
+            f.write(htmlreport.render(report, events, thresholds))
     if json_file != "-":
         print_table(report)
     for rr in report.requests:

@@ -61,6 +61,7 @@ class RequestReport:
     mean_pairwise_embedding_distance: float | None = None
     errors: int = 0
     skipped: str = ""  # why this recording could not be audited at all (it was reported, the audit went on)
+    recorded_output: list | None = None  # what the samples were compared with (the HTML report shows it)
 
 
 @dataclass
@@ -219,6 +220,7 @@ async def run(
                 prompt=prompt_of(entry.request),
                 recorded_fingerprint=entry.fingerprint,
                 recorded_at=entry.recorded_at,
+                recorded_output=recorded,
             )
             rr.samples = list(await asyncio.gather(*(one(entry, recorded) for _ in range(repeats))))
             good = [s for s in rr.samples if not s.error]
