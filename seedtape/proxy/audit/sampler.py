@@ -289,7 +289,7 @@ def select(store: Store, f: EntryFilter) -> list[TapeEntry]:
 
 
 def exceeded(report: AuditReport, thresholds: dict[str, float]) -> list[str]:
-    """The thresholds the report passes, as readable lines (empty: the audit passes)."""
+    """The thresholds the report exceeds, as readable lines (empty: the audit passes)."""
     out = []
     for verdict, limit in thresholds.items():
         share = report.verdict_shares.get(verdict, 0.0)
