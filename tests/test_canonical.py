@@ -105,7 +105,7 @@ def test_booleans_are_not_numbers(deck):
 
 @pytest.mark.parametrize("field, value", [("user", "alice"), ("metadata", {"run": "42"}), ("store", True)])
 def test_default_ignore_list(deck, field, value):
-    assert set(DEFAULT_IGNORED_FIELDS) == {"user", "metadata", "store"}
+    assert set(DEFAULT_IGNORED_FIELDS) == {"user", "metadata", "store", "prompt_cache_key", "safety_identifier"}
     assert key_of(deck, {**BASE, field: value}) == key_of(deck, BASE)
     assert key_of(deck, {**BASE, field: value}) == key_of(deck, {**BASE, field: "something else"})
 

@@ -34,7 +34,7 @@ def test_match(method, path, name):
 
 
 def test_named_and_the_registry():
-    assert [d.name for d in dialects.ALL] == ["chat.completions", "completions", "embeddings"]
+    assert [d.name for d in dialects.ALL] == ["chat.completions", "completions", "embeddings", "responses"]
     assert dialects.named("embeddings") is EMBEDDINGS
     with pytest.raises(KeyError):
         dialects.named("images")
@@ -44,7 +44,8 @@ def test_named_and_the_registry():
 
 @pytest.mark.parametrize("body, path", [
     ({"messages": []}, "/v1/chat/completions"), ({"prompt": "x"}, "/v1/completions"),
-    ({"input": "x"}, "/v1/embeddings"), ({"model": "m"}, "/v1/chat/completions"),
+    ({"input": "x", "model": "text-embedding-3-small"}, "/v1/embeddings"), ({"model": "m"}, "/v1/chat/completions"),
+    ({"input": "x", "model": "gpt-4o-mini"}, "/v1/responses"), ({"input": [{"role": "user", "content": "x"}]}, "/v1/responses"),
 ])
 def test_guess_path(body, path):
     assert dialects.guess_path(body) == path

@@ -120,10 +120,14 @@ def test_auto_serves_a_recording_without_the_upstream(store):
     assert "set-cookie" not in h and "openai-organization" not in h
 
 
-def test_missing_fingerprint_gets_the_placeholder(store):
+def test_missing_fingerprint_gets_the_resolved_model_as_its_stand_in(store):
     ex = record(store, answer=completion(fingerprint=None))
-    assert ex.status == "recorded" and ex.fingerprint == NO_FINGERPRINT == "fp_none"
-    assert store.get(ex.key).fingerprint == NO_FINGERPRINT
+    assert ex.status == "recorded" and ex.fingerprint == "model:gpt-4o-mini-2024-07-18"
+    assert store.get(ex.key).fingerprint == "model:gpt-4o-mini-2024-07-18"
+    answer = json.loads(completion(fingerprint=None))
+    del answer["model"]
+    ex = record(store, CONTENT.replace(b"2+2", b"3+3"), answer=json.dumps(answer).encode())
+    assert ex.fingerprint == NO_FINGERPRINT == "fp_none"  # neither a fingerprint nor a model
 
 
 def test_model_falls_back_to_the_request(store):
@@ -138,7 +142,7 @@ def test_embeddings_are_recorded(store):
     ex = record(store, content, answer, path="/v1/embeddings")
     assert ex.status == "recorded"
     e = store.get(ex.key)
-    assert e.endpoint == "embeddings" and e.fingerprint == NO_FINGERPRINT and e.body == answer
+    assert e.endpoint == "embeddings" and e.fingerprint == "model:text-embedding-3-small" and e.body == answer
 
 
 def test_namespace_is_stored(store):

@@ -192,10 +192,12 @@ def test_fingerprint_is_the_first_one_a_chunk_names():
     assert t.fingerprint == "fp_first"
 
 
-def test_a_stream_that_names_no_fingerprint_gets_the_stand_in():
+def test_a_stream_that_names_no_fingerprint_gets_the_model_or_the_stand_in():
     t = tape(b"".join(event(chunk(c, f, fp=None)) for c, f in [("a", None), (None, "stop")]) + DONE)
     assert t.verdict() == ""
-    assert t.fingerprint == NO_FINGERPRINT
+    assert t.fingerprint == "model:gpt-4o-mini-2024-07-18"
+    bare = tape(b"".join(event(chunk(c, f, fp=None, model=None)) for c, f in [("a", None), (None, "stop")]) + DONE)
+    assert bare.fingerprint == NO_FINGERPRINT
 
 
 def test_model_is_the_first_one_a_chunk_names():

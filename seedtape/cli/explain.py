@@ -39,7 +39,10 @@ def _load(source: str) -> object:
 @click.option("--seed", type=int, default=DEFAULT_SEED, show_default=True, help="Seed the proxy injects.")
 @click.option("--no-seed-injection", is_flag=True, help="The proxy runs with --no-seed-injection.")
 @click.option(
-    "--ignore-field", multiple=True, metavar="FIELD", help="The proxy's --ignore-field list (default: user, metadata, store)."
+    "--ignore-field",
+    multiple=True,
+    metavar="FIELD",
+    help="The proxy's --ignore-field list (default: user, metadata, store, prompt_cache_key, safety_identifier).",
 )
 @click.option("--ignore-query", multiple=True, metavar="NAME", help="The proxy's --ignore-query list.")
 @click.option("--fingerprint", default=None, help="The proxy's pinned --fingerprint.")

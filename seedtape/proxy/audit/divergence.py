@@ -20,6 +20,7 @@ import numpy as np
 from rapidfuzz.distance import Levenshtein
 
 from seedtape.proxy import dialects
+from seedtape.proxy.dialects import NO_FINGERPRINT
 from seedtape.proxy.explain import jsondiff
 
 VERDICTS = ("match", "nondeterminism", "drift", "fingerprint-only")
@@ -84,9 +85,11 @@ class Divergence:
 
 
 def classify(same_output: bool, recorded_fp: str, live_fp: str) -> str:
+    # fp_none names no fingerprint at all (an entry recorded before models stood in for one): unknown, not changed
+    same_fp = recorded_fp == live_fp or NO_FINGERPRINT in (recorded_fp, live_fp)
     if same_output:
-        return "match" if recorded_fp == live_fp else "fingerprint-only"
-    return "nondeterminism" if recorded_fp == live_fp else "drift"
+        return "match" if same_fp else "fingerprint-only"
+    return "nondeterminism" if same_fp else "drift"
 
 
 def compare(recorded: list[dict], recorded_fp: str, live: list[dict], live_fp: str) -> Divergence:

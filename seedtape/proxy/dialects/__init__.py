@@ -10,12 +10,13 @@ from seedtape.proxy.dialects.base import NO_FINGERPRINT, Dialect
 from seedtape.proxy.dialects.chat import Chat
 from seedtape.proxy.dialects.completions import Completions
 from seedtape.proxy.dialects.embeddings import Embeddings
+from seedtape.proxy.dialects.responses import Responses
 
-CHAT, COMPLETIONS, EMBEDDINGS = Chat(), Completions(), Embeddings()
-ALL: tuple[Dialect, ...] = (CHAT, COMPLETIONS, EMBEDDINGS)  # CHAT before COMPLETIONS: its suffix is longer
+CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES = Chat(), Completions(), Embeddings(), Responses()
+ALL: tuple[Dialect, ...] = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)  # CHAT before COMPLETIONS: its suffix is longer
 _BY_NAME = {d.name: d for d in ALL}
 
-__all__ = ["ALL", "CHAT", "COMPLETIONS", "EMBEDDINGS", "NO_FINGERPRINT", "Dialect", "guess_path", "match", "named"]
+__all__ = ["ALL", "CHAT", "COMPLETIONS", "EMBEDDINGS", "NO_FINGERPRINT", "RESPONSES", "Dialect", "guess_path", "match", "named"]
 
 
 def match(method: str, path: str) -> Dialect | None:
@@ -30,5 +31,5 @@ def named(name: str) -> Dialect:
 
 def guess_path(body: dict) -> str:
     """The path a bare request body was most likely sent to (`seedtape explain` without --path)."""
-    d = next((d for d in ALL if d.request_text_field in body), CHAT)
+    d = next((d for d in ALL if d.claims(body)), CHAT)
     return "/v1" + d.suffix

@@ -10,11 +10,14 @@ subclass and its tests; nothing else in the core names an endpoint.
 from __future__ import annotations
 
 import json
+import re
 from typing import ClassVar
 
 from seedtape.proxy.streams.sse import DONE, Event, parse, render
 
-NO_FINGERPRINT = "fp_none"  # stable stand-in when an answer names no fingerprint
+NO_FINGERPRINT = "fp_none"  # stable stand-in when an answer names neither a fingerprint nor a model
+MODEL_FINGERPRINT = "model:"  # prefix of the stand-in made of the resolved model an answer names
+_VISIBLE = re.compile(r"^[\x21-\x7e]{1,190}$")
 
 
 class StreamEvent:
@@ -36,6 +39,10 @@ class Dialect:
     def matches(self, method: str, path: str) -> bool:
         return method.upper() == "POST" and path.endswith(self.suffix)
 
+    def claims(self, body: dict) -> bool:
+        """Whether a bare request body looks like this API's (`seedtape explain` without --path)."""
+        return self.request_text_field in body
+
     # -- answers ----------------------------------------------------------------------------
 
     def answer_problem(self, doc: object) -> str:
@@ -45,12 +52,10 @@ class Dialect:
         return ""
 
     def fingerprint(self, doc: object) -> str:
-        """The fingerprint an answer names: its ``system_fingerprint``, else the stand-in."""
-        if isinstance(doc, dict):
-            fp = doc.get("system_fingerprint")
-            if isinstance(fp, str) and fp:
-                return fp
-        return NO_FINGERPRINT
+        """The fingerprint an answer names: its ``system_fingerprint``, else ``model:`` and the resolved
+        model it names (the Responses API and many servers send no fingerprint: a new snapshot behind
+        an alias is then what tells drift), else the stand-in."""
+        return declared_fingerprint(doc) or model_fingerprint(doc) or NO_FINGERPRINT
 
     def model(self, doc: object) -> str:
         return str(doc.get("model") or "") if isinstance(doc, dict) else ""
@@ -96,7 +101,8 @@ class Dialect:
         return chunks
 
     def stream_fingerprint(self, chunks: list[dict]) -> str:
-        return next((fp for c in chunks if (fp := self.fingerprint(c)) != NO_FINGERPRINT), NO_FINGERPRINT)
+        declared = next((fp for c in chunks if (fp := declared_fingerprint(c))), "")
+        return declared or next((fp for c in chunks if (fp := model_fingerprint(c))), NO_FINGERPRINT)
 
     def stream_model(self, chunks: list[dict]) -> str:
         return next((m for c in chunks if (m := self.model(c))), "")
@@ -115,6 +121,17 @@ class Dialect:
         """A recorded stream re-rendered for a client that asked for (or without) usage."""
         chunks = self.chunks(body)
         return self.render(chunks if include_usage else self.without_usage(chunks))
+
+
+def declared_fingerprint(doc: object) -> str:
+    fp = doc.get("system_fingerprint") if isinstance(doc, dict) else None
+    return fp if isinstance(fp, str) else ""
+
+
+def model_fingerprint(doc: object) -> str:
+    """``model:<resolved model>``, or "" when the answer names no model fit for a fingerprint."""
+    model = doc.get("model") if isinstance(doc, dict) else None
+    return MODEL_FINGERPRINT + model if isinstance(model, str) and _VISIBLE.match(model) else ""
 
 
 # -- OpenAI's chunk streams (chat and legacy completions) -------------------------------------------

@@ -15,3 +15,6 @@ class Embeddings(Dialect):
 
     def outputs(self, doc: dict) -> list[dict]:
         return [{"index": d.get("index"), "embedding": d.get("embedding")} for d in doc.get("data") or []]
+
+    def claims(self, body: dict) -> bool:
+        return "input" in body and "embedding" in str(body.get("model", ""))

@@ -34,7 +34,8 @@ from urllib.parse import parse_qsl
 
 KEY_VERSION = 1
 
-DEFAULT_IGNORED_FIELDS: tuple[str, ...] = ("user", "metadata", "store")
+# Fields that never change an answer: who asks, labels, server-side storage, cache routing.
+DEFAULT_IGNORED_FIELDS: tuple[str, ...] = ("user", "metadata", "store", "prompt_cache_key", "safety_identifier")
 # Transport details: the tape entry records the format, the key does not.
 ALWAYS_IGNORED_FIELDS: frozenset[str] = frozenset({"stream", "stream_options"})
 

@@ -47,6 +47,8 @@ class StreamTape:
             kind, value = self.dialect.read_event(ev)
             if kind == StreamEvent.END:
                 self.done = True
+                if isinstance(value, dict):  # an end event with content (Responses: the whole response)
+                    self.chunks.append(value)
             elif kind == StreamEvent.CHUNK:
                 assert isinstance(value, dict)
                 self.chunks.append(value)
