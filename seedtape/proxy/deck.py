@@ -10,10 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 import time
+from urllib.parse import parse_qsl
 
 from seedtape.proxy import dialects, errors, jsontext, wire
 from seedtape.proxy.audit import divergence, events
 from seedtape.proxy.audit.embedder import Embedder
+from seedtape.proxy.dialects import responsestate
 from seedtape.proxy.exchange import Exchange, Reply, Status
 from seedtape.proxy.explain import nearest
 from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
@@ -25,6 +27,7 @@ from seedtape.proxy.streams.pacer import paced
 from seedtape.proxy.streams.streamtape import StreamTape
 from seedtape.proxy.tapes import scrub
 from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_problem, recordable_status
+from seedtape.proxy.tapes.responseids import ResponseIds, response_of
 from seedtape.proxy.tapes.store import Store
 
 
@@ -38,6 +41,7 @@ class Tapedeck:
         self.index = nearest.NearestIndex(store)  # filled lazily, for explaining misses
         self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
+        self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
 
     def reconfigure(self, settings: Settings) -> None:
         """New option values; what was served and the miss index stay (they describe this run and store)."""
@@ -69,6 +73,9 @@ class Tapedeck:
         ex.mode = mode = over.mode or s.mode
         if mode is Mode.PASSTHROUGH:
             return ex
+        if (state := responsestate.route(method, normalize_path(path))) is not None:
+            namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
+            return self._state(ex, state, path, namespace)
         ex.dialect = dialect = dialects.match(method, normalize_path(path))
         if dialect is None:
             if mode is Mode.REPLAY:
@@ -126,6 +133,34 @@ class Tapedeck:
             ex.recorded = self.store.get(ex.key, s.fingerprint) or (self.store.get(ex.key) if s.fingerprint else None)
         return ex
 
+    def _state(self, ex: Exchange, req: responsestate.StateRequest, path: str, namespace: str) -> Exchange:
+        """A read or change of a stored response: answered from its recording in auto and replay mode.
+
+        Replay never contacts the upstream for it. In auto mode a recording still queued or in
+        progress (a background call) is polled live, and the state it reaches is recorded, so that
+        replay later serves the final state."""
+        mode = ex.mode
+        found = self.response_ids.find(req.response_id) if mode.serves_recordings else None
+        path_only, _, query = path.partition("?")
+        if found is not None:
+            entry, doc = found
+            final = doc.get("status") in responsestate.TERMINAL_STATUS
+            if mode is Mode.REPLAY or final or req.action != "retrieve":
+                status, body = responsestate.answer(req, doc, entry.request, dict(parse_qsl(query)))
+                ex.status, ex.fingerprint = Status.HIT, entry.fingerprint
+                self.served.add((entry.key, entry.fingerprint))
+                headers = [("content-type", "application/json")]
+                ex.reply = Reply(status, headers + ex.headers(), json.dumps(body, ensure_ascii=False).encode())
+                return ex
+        if mode is Mode.REPLAY:
+            err = errors.unknown_response(req.response_id, req.action, self.settings.miss_hint)
+            return self._refuse(ex, err, Status.MISS)
+        if req.action == "retrieve" and mode.records:  # poll it live and record the state it reaches
+            ex.dialect = dialects.RESPONSES
+            ex.canonical = canonicalize("GET", path_only, query, b"", namespace=namespace)
+            ex.status = Status.LIVE
+        return ex
+
     def _credential(self, headers: dict[str, str]) -> str:
         """With key_by_credential: who is asking, as a salted hash (the raw key is never kept)."""
         if not self.settings.key_by_credential:
@@ -161,6 +196,8 @@ class Tapedeck:
                 ),
             )
         dialect = dialects.named(entry.endpoint)
+        if dialect is dialects.RESPONSES:
+            entry = self._final_state(entry)
         ex.status = Status.HIT
         ex.fingerprint = entry.fingerprint
         self.served.add((entry.key, entry.fingerprint))
@@ -182,6 +219,18 @@ class Tapedeck:
         headers = [(k, v) for k, v in safe_headers(entry.headers) if k != "content-type"] + [("content-type", ctype)]
         ex.reply = Reply(entry.status, headers + ex.headers(), body, pace)
         return ex
+
+    def _final_state(self, entry: TapeEntry) -> TapeEntry:
+        """A background call's recording holds it queued: serve the final state it was polled to, if recorded."""
+        if b'"queued"' not in entry.body and b'"in_progress"' not in entry.body:
+            return entry  # the common case, decided without parsing the body
+        doc = response_of(entry)
+        if doc is None or doc.get("status") in responsestate.TERMINAL_STATUS or not isinstance(doc.get("id"), str):
+            return entry
+        found = self.response_ids.find(doc["id"])
+        if found is None or found[1].get("status") not in responsestate.TERMINAL_STATUS:
+            return entry
+        return found[0]
 
     def _refuse(self, ex: Exchange, err: errors.SeedtapeError, status: Status = Status.ERROR) -> Exchange:
         ex.status = status
@@ -306,22 +355,23 @@ class Tapedeck:
         self.index.add(ex.key, request)
         body = ex.canonical.body  # a JSON object: requestbody.parse admits nothing else
         requested = body.get("model", "") if isinstance(body, dict) else ""
-        replaced = self.store.replace(
-            TapeEntry(
-                key=ex.key,
-                fingerprint=ex.fingerprint,
-                endpoint=ex.dialect.name,
-                request=request,
-                status=status,
-                headers=[h for h in safe_headers(headers) if h[0] not in s.redact_headers],
-                body=content,
-                format=fmt,
-                model=model or str(requested),
-                namespace=ex.canonical.namespace,
-                upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
-                extra=extra,
-            )
+        entry = TapeEntry(
+            key=ex.key,
+            fingerprint=ex.fingerprint,
+            endpoint=ex.dialect.name,
+            request=request,
+            status=status,
+            headers=[h for h in safe_headers(headers) if h[0] not in s.redact_headers],
+            body=content,
+            format=fmt,
+            model=model or str(requested),
+            namespace=ex.canonical.namespace,
+            upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
+            extra=extra,
         )
+        replaced = self.store.replace(entry)
+        if ex.dialect is dialects.RESPONSES:
+            self.response_ids.add(entry)
         ex.status = Status.RECORDED
         self.served.add((ex.key, ex.fingerprint))  # recorded for a request of this run: used
         if replaced is not None and ex.divergence is None:

@@ -40,6 +40,13 @@ def replay_miss(key: str, path: str, detail: str = "", how_to_record: str = "") 
     return SeedtapeError(404, "replay_miss", f"seedtape replay miss: no recording for request key {key} ({path}).{why} {how}")
 
 
+def unknown_response(response_id: str, action: str, how_to_record: str = "") -> SeedtapeError:
+    how = how_to_record or "Record the call that created it with --mode auto or --mode record first."
+    return SeedtapeError(
+        404, "replay_miss", f"seedtape replay miss: no recorded response has the id {response_id} ({action}). {how}"
+    )
+
+
 def bad_request(reason: str) -> SeedtapeError:
     return SeedtapeError(400, "invalid_request", f"seedtape could not read the request: {reason}.")
 

@@ -284,8 +284,8 @@ async def _embeddings(client, upstream, model, auth, recorded, good: list[Sample
 
 
 def select(store: Store, f: EntryFilter) -> list[TapeEntry]:
-    """The newest entry of each request key that passes the filter."""
-    return newest_per_key(e for e in store.entries() if f.entry(e))
+    """The newest entry of each request key that passes the filter (model calls only: a polled state is none)."""
+    return newest_per_key(e for e in store.entries() if f.entry(e) and e.request.get("method", "POST") == "POST")
 
 
 def exceeded(report: AuditReport, thresholds: dict[str, float]) -> list[str]:
