@@ -20,6 +20,9 @@ Rules, version 1 (docs/request-key.md repeats them):
    (x-stainless-*) can never split or leak into a key. The one exception is
    opt-in (``--key-by-credential``): a salted hash of the credential, never
    the credential itself.
+6. occurrence (``--repeats sequence``): the Nth identical request of a scope
+   enters the key as ``occurrence: N`` from the second one on, so the first
+   keeps the key it has without the option.
 """
 
 from __future__ import annotations
@@ -52,6 +55,7 @@ class CanonicalRequest:
     body: object  # parsed JSON (after ignore rules), or {"sha256": ...} for raw bytes
     namespace: str = ""
     credential: str = ""  # salted hash of the API key, only with --key-by-credential
+    occurrence: int = 1  # the Nth identical request of its scope, with --repeats sequence
 
     def to_json(self) -> dict:
         out = {
@@ -64,6 +68,8 @@ class CanonicalRequest:
         }
         if self.credential:
             out["credential"] = self.credential
+        if self.occurrence > 1:
+            out["occurrence"] = self.occurrence
         return out
 
     def canonical_bytes(self) -> bytes:
