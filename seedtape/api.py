@@ -75,9 +75,10 @@ class Proxy:
     def port(self) -> int:
         return int(self.origin.rsplit(":", 1)[1])
 
-    def url(self, mode: str | None = None, namespace: str | None = None) -> str:
-        """A base URL that makes this proxy use ``mode`` and ``namespace`` for the requests sent to it."""
-        return f"{self.origin}{routing.prefix(mode, namespace)}/v1"
+    def url(self, mode: str | None = None, namespace: str | None = None, scope: str | None = None) -> str:
+        """A base URL that makes this proxy use ``mode`` and ``namespace`` for the requests sent to it
+        (and count their repeats in ``scope``, with --repeats sequence)."""
+        return f"{self.origin}{routing.prefix(mode, namespace, scope)}/v1"
 
     def stop(self, sig: int = signal.SIGTERM, timeout: float = 15.0) -> int:
         if self.proc.poll() is None:

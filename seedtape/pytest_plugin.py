@@ -9,6 +9,7 @@ carried in the URL (see seedtape/proxy/routing.py).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import shlex
@@ -122,7 +123,8 @@ def _seedtape_route(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPa
     mode = kw.get("mode") or _mode(request.config)
     if mode not in MODE_NAMES:
         raise pytest.UsageError(f"@pytest.mark.seedtape(mode={mode!r}): choose one of {', '.join(MODE_NAMES)}")
-    monkeypatch.setenv("OPENAI_BASE_URL", proxy.url(mode, kw.get("namespace")))
+    scope = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:16]  # --repeats sequence counts per test
+    monkeypatch.setenv("OPENAI_BASE_URL", proxy.url(mode, kw.get("namespace"), scope))
     if not os.environ.get("OPENAI_API_KEY"):
         monkeypatch.setenv("OPENAI_API_KEY", PLACEHOLDER_API_KEY)  # replay needs none; the proxy never forwards it
     request.node.stash[_watch] = (proxy, len(proxy.lines))

@@ -7,9 +7,12 @@ hands in the upstream's answer (or a stream, piece by piece) to be recorded.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import time
+from collections import Counter
+from collections.abc import Callable
 from urllib.parse import parse_qsl
 
 from seedtape.proxy import dialects, errors, jsontext, wire
@@ -20,7 +23,8 @@ from seedtape.proxy.exchange import Exchange, Reply, Status
 from seedtape.proxy.explain import nearest
 from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
 from seedtape.proxy.key import requestbody, routing
-from seedtape.proxy.key.canonical import canonicalize, normalize_path
+from seedtape.proxy.key.canonical import CanonicalRequest, canonicalize, normalize_path
+from seedtape.proxy.key.seed import SeedPolicy
 from seedtape.proxy.modes import Mode
 from seedtape.proxy.options import Settings
 from seedtape.proxy.streams.pacer import paced
@@ -42,6 +46,7 @@ class Tapedeck:
         self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
         self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
+        self.occurrences: Counter[tuple[str, str]] = Counter()  # (scope, key): identical requests seen so far
 
     def reconfigure(self, settings: Settings) -> None:
         """New option values; what was served and the miss index stay (they describe this run and store)."""
@@ -90,6 +95,7 @@ class Tapedeck:
             return self._refuse(ex, errors.bad_request(str(e)))
 
         path_only, _, query = path.partition("?")
+        unseeded = body
         try:
             if dialect.takes_seed:
                 injected, ex.seed = s.seed.apply(body)
@@ -97,17 +103,29 @@ class Tapedeck:
                     body = injected
                     ex.forward_body = jsontext.encode(body)
             namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
-            canonical = canonicalize(
-                method,
-                path_only,
-                query,
-                body,
-                ignored_fields=s.ignored_fields,
-                ignored_query=s.ignored_query,
-                namespace=namespace,
-                credential=self._credential(headers),
-            )
+            credential = self._credential(headers)
+
+            def keyed(b: dict, occurrence: int = 1) -> CanonicalRequest:
+                c = canonicalize(
+                    method,
+                    path_only,
+                    query,
+                    b,
+                    ignored_fields=s.ignored_fields,
+                    ignored_query=s.ignored_query,
+                    namespace=namespace,
+                    credential=credential,
+                )
+                return dataclasses.replace(c, occurrence=occurrence) if occurrence > 1 else c
+
+            canonical = keyed(body)
             canonical.key  # noqa: B018 - hash now, inside the guard
+            if s.sequence:
+                scope = over.scope if over.scope is not None else headers.get(wire.SCOPE, "")
+                ex.occurrence = self._count(scope, canonical.key)
+                sequence = _Sequence(keyed, unseeded, s.seed, ex.seed.endswith("; injected"))
+                if ex.occurrence > 1:
+                    canonical, ex.seed, ex.forward_body = sequence.nth(ex.occurrence, ex.seed, ex.forward_body)
         except RecursionError:  # parsed, but too deep to re-serialize
             ex.forward_body = None
             return self._refuse(ex, errors.bad_request("the JSON body is nested too deeply"))
@@ -123,6 +141,8 @@ class Tapedeck:
             if mode is Mode.REPLAY:
                 ex.miss = self._explain(ex)
                 detail = ex.miss.text() if ex.miss else ""
+                if ex.occurrence > 1:
+                    detail = f"{sequence.recorded_before(ex.occurrence, self.store)} {detail}".strip()
                 return self._refuse(ex, errors.replay_miss(ex.key, path_only, detail, s.miss_hint), Status.MISS)
         ex.status = Status.LIVE
         # The live answer will be compared with what replay would serve for this key (auto and
@@ -160,6 +180,11 @@ class Tapedeck:
             ex.canonical = canonicalize("GET", path_only, query, b"", namespace=namespace)
             ex.status = Status.LIVE
         return ex
+
+    def _count(self, scope: str, key: str) -> int:
+        """--repeats sequence: which occurrence of this request in its scope this one is (1, 2, ...)."""
+        self.occurrences[(scope, key)] += 1
+        return self.occurrences[(scope, key)]
 
     def _credential(self, headers: dict[str, str]) -> str:
         """With key_by_credential: who is asking, as a salted hash (the raw key is never kept)."""
@@ -388,3 +413,39 @@ class Tapedeck:
 def _placeholder_key(headers: dict[str, str]) -> bool:
     """Whether the request carries the pytest plugin's placeholder key instead of a real one."""
     return any(wire.PLACEHOLDER_API_KEY in headers.get(h, "") for h in CREDENTIAL_HEADERS)
+
+
+@dataclasses.dataclass(frozen=True)
+class _Sequence:
+    """--repeats sequence: the Nth identical request gets its own key, and seed+N-1 where seedtape injects
+    the seed, so repeated sampling (best-of-n, votes) stays varied and reproducible."""
+
+    keyed: Callable[..., CanonicalRequest]  # (body, occurrence) -> canonical request, with the proxy's rules
+    unseeded: dict  # the body as the client sent it
+    seed: SeedPolicy
+    injected: bool  # seedtape injects the seed into this request
+
+    def body(self, n: int) -> tuple[dict, str | None]:
+        if not self.injected:
+            return self.unseeded, None
+        seeded, header = dataclasses.replace(self.seed, seed=self.seed.seed + n - 1).apply(self.unseeded)
+        return seeded, header
+
+    def nth(self, n: int, seed: str, forward: bytes | None) -> tuple[CanonicalRequest, str, bytes | None]:
+        body, header = self.body(n)
+        if header is None:
+            return self.keyed(body, n), seed, forward
+        return self.keyed(body, n), header, jsontext.encode(body)
+
+    def recorded_before(self, n: int, store: Store) -> str:
+        """How many earlier occurrences were recorded, for the miss of occurrence ``n``."""
+        recorded = 0
+        while recorded < n - 1 and store.fingerprints(self.keyed(self.body(recorded + 1)[0], recorded + 1).key):
+            recorded += 1
+        times = "once" if recorded == 1 else f"{recorded} times"
+        return f"With --repeats sequence this request was recorded {times} in its scope, this is the {_ordinal(n)}."
+
+
+def _ordinal(n: int) -> str:
+    suffix = "th" if 10 <= n % 100 <= 20 else {1: "st", 2: "nd", 3: "rd"}.get(n % 10, "th")
+    return f"{n}{suffix}"

@@ -61,6 +61,7 @@ class Exchange:
     dialect: Dialect | None = None  # the API the request speaks; None: not one seedtape records
     canonical: CanonicalRequest | None = None
     seed: str = "none"
+    occurrence: int = 0  # with --repeats sequence: the Nth identical request of its scope (0: not counted)
     stream: bool = False
     include_usage: bool = False  # stream_options.include_usage as the client asked
     tape: StreamTape | None = None  # the live stream being taped
@@ -94,6 +95,8 @@ class Exchange:
         out: list[tuple[str, str]] = [(wire.STATUS, self.status.value)]
         if self.canonical:
             out += [(wire.KEY, self.key), (wire.SEED, self.seed)]
+        if self.occurrence:
+            out.append((wire.OCCURRENCE, str(self.occurrence)))
         if self.fingerprint:
             out.append((wire.FINGERPRINT, self.fingerprint))
         if self.divergence:

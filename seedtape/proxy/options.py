@@ -149,6 +149,15 @@ OPTIONS: tuple[Option, ...] = (
         metavar="NAME",
     ),
     Option(
+        "repeats",
+        str,
+        "same",
+        "same: identical requests share one recording. sequence: the Nth identical request of a scope (a run and "
+        "namespace, or a test under the pytest plugin) is its own recording, replayed in order, with seed+N-1 "
+        "injected (best-of-n, votes).",
+        choices=("same", "sequence"),
+    ),
+    Option(
         "embedding_model",
         str,
         None,
@@ -275,6 +284,7 @@ class Settings:
     credential_salt: str = ""  # shared salt (so keys match across stores); default: the store's own
     miss_hint: str = ""  # how to record a replay miss, when the default advice does not fit (pytest)
     replay_pace: float = 0.0  # replay streams with their recorded gaps times this factor (0: at once)
+    sequence: bool = False  # --repeats sequence: the Nth identical request of a scope is its own recording
 
 
 def settings(values: Mapping[str, Any], upstream: str) -> Settings:
@@ -297,4 +307,5 @@ def settings(values: Mapping[str, Any], upstream: str) -> Settings:
         credential_salt=v("credential_salt"),
         miss_hint=v("miss_hint"),
         replay_pace=v("replay_pace"),
+        sequence=v("repeats") == "sequence",
     )

@@ -8,6 +8,8 @@ KEY = "seedtape-key"
 FINGERPRINT = "seedtape-fingerprint"
 SEED = "seedtape-seed"
 NAMESPACE = "seedtape-namespace"  # request: label that enters the key
+SCOPE = "seedtape-scope"  # request: where --repeats sequence counts repeats (never enters the key)
+OCCURRENCE = "seedtape-occurrence"  # response: the Nth identical request of its scope (--repeats sequence)
 AUTH_TOKEN = "seedtape-token"  # request: the proxy's --auth-token
 DIVERGENCE = "seedtape-divergence"
 MISS = "seedtape-miss"  # replay miss: the nearest recordings and what differs, one line
@@ -17,7 +19,7 @@ MISS = "seedtape-miss"  # replay miss: the nearest recordings and what differs, 
 PLACEHOLDER_API_KEY = "sk-seedtape-replay-no-key-needed"
 
 # Request headers meant for seedtape only: never forwarded upstream.
-PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE, AUTH_TOKEN)
+PROXY_ONLY_REQUEST_HEADERS = (NAMESPACE, AUTH_TOKEN, SCOPE)
 
 
 def is_loopback(host: str) -> bool:
