@@ -22,7 +22,7 @@ from seedtape.proxy.dialects import responsestate
 from seedtape.proxy.exchange import Exchange, Reply, Status
 from seedtape.proxy.explain import nearest
 from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
-from seedtape.proxy.key import requestbody, routing
+from seedtape.proxy.key import keyrules, requestbody, routing
 from seedtape.proxy.key.canonical import CanonicalRequest, canonicalize, normalize_path
 from seedtape.proxy.key.seed import SeedPolicy
 from seedtape.proxy.modes import Mode
@@ -113,6 +113,8 @@ class Tapedeck:
                     b,
                     ignored_fields=s.ignored_fields,
                     ignored_query=s.ignored_query,
+                    ignored_paths=s.ignored_paths,
+                    masks=s.masks,
                     namespace=namespace,
                     credential=credential,
                 )
@@ -129,6 +131,9 @@ class Tapedeck:
         except RecursionError:  # parsed, but too deep to re-serialize
             ex.forward_body = None
             return self._refuse(ex, errors.bad_request("the JSON body is nested too deeply"))
+        except keyrules.MaskTimeout as e:  # a --mask that backtracks for ever on this body
+            ex.forward_body = None
+            return self._refuse(ex, errors.bad_request(str(e)))
         ex.canonical = canonical
         ex.stream = body.get("stream") is True and dialect.can_stream
         opts = body.get("stream_options")

@@ -13,6 +13,7 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from seedtape.proxy.key import keyrules
 from seedtape.proxy.key.canonical import DEFAULT_IGNORED_FIELDS
 from seedtape.proxy.key.seed import DEFAULT_SEED, SeedPolicy
 from seedtape.proxy.modes import MODE_NAMES, Mode
@@ -88,6 +89,16 @@ def _field_paths(paths: list[str]) -> None:
         scrub.parse_field(p)  # its ValueError says what a path looks like
 
 
+def _body_paths(paths: list[str]) -> None:
+    for p in paths:
+        keyrules.parse_path(p)
+
+
+def _masks(patterns: list[str]) -> None:
+    for p in patterns:
+        keyrules.compile_mask(p)
+
+
 SERVE, MITMPROXY = frozenset({"serve"}), frozenset({"mitmproxy"})
 
 OPTIONS: tuple[Option, ...] = (
@@ -147,6 +158,24 @@ OPTIONS: tuple[Option, ...] = (
         "Query parameter kept out of the request key, by name (e.g. api-version, so one recording answers every "
         "Azure API version); repeatable.",
         metavar="NAME",
+    ),
+    Option(
+        "ignore_path",
+        list,
+        [],
+        "Body field kept out of the request key wherever PATH reaches it: steps separated by dots, * for every "
+        "item (e.g. messages.*.tool_call_id, or messages[*].tool_call_id as a miss prints it); repeatable.",
+        metavar="PATH",
+        check=_body_paths,
+    ),
+    Option(
+        "mask",
+        list,
+        [],
+        "Before keying, replace every match of this Python regex in the body's string values with <masked> "
+        "(e.g. timestamps or UUIDs in a tool's output); repeatable.",
+        metavar="REGEX",
+        check=_masks,
     ),
     Option(
         "repeats",
@@ -275,6 +304,8 @@ class Settings:
     seed: SeedPolicy = field(default_factory=SeedPolicy)
     ignored_fields: frozenset[str] = frozenset(DEFAULT_IGNORED_FIELDS)
     ignored_query: frozenset[str] = frozenset()  # query parameters kept out of the key, by name
+    ignored_paths: tuple[keyrules.IgnorePath, ...] = ()  # --ignore-path: body fields kept out of the key
+    masks: tuple[keyrules.Mask, ...] = ()  # --mask: regexes whose matches in body strings are keyed as <masked>
     fingerprint: str | None = None  # pin replay to one fingerprint
     upstream: str = DEFAULT_UPSTREAM
     embedding_model: str | None = None  # also compare live and recorded outputs by embedding distance
@@ -298,6 +329,8 @@ def settings(values: Mapping[str, Any], upstream: str) -> Settings:
         seed=SeedPolicy(v("seed"), v("seed_injection")),
         ignored_fields=frozenset(v("ignore_field")),
         ignored_query=frozenset(v("ignore_query")),
+        ignored_paths=tuple(keyrules.parse_path(p) for p in v("ignore_path")),
+        masks=tuple(keyrules.compile_mask(m) for m in v("mask")),
         fingerprint=v("fingerprint") or None,
         upstream=upstream,
         embedding_model=v("embedding_model") or None,

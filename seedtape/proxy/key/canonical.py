@@ -23,6 +23,12 @@ Rules, version 1 (docs/request-key.md repeats them):
 6. occurrence (``--repeats sequence``): the Nth identical request of a scope
    enters the key as ``occurrence: N`` from the second one on, so the first
    keeps the key it has without the option.
+7. volatile values, opt-in (keyrules.py): after rule 4, every field an
+   ``--ignore-path`` reaches is removed from the body (``messages.*.tool_call_id``),
+   then every match of a ``--mask`` regex in a string value becomes ``<masked>``.
+   Without them a body is keyed exactly as before, so no key changes: the
+   version stays 1. The rules that changed something are kept on the canonical
+   request (``applied``), outside the key.
 """
 
 from __future__ import annotations
@@ -31,9 +37,12 @@ import hashlib
 import json
 import math
 import re
-from dataclasses import dataclass
+from collections.abc import Sequence
+from dataclasses import dataclass, field
 from functools import cached_property
 from urllib.parse import parse_qsl
+
+from seedtape.proxy.key.keyrules import IgnorePath, Mask, RuleUse, apply_in_place
 
 KEY_VERSION = 1
 
@@ -56,6 +65,8 @@ class CanonicalRequest:
     namespace: str = ""
     credential: str = ""  # salted hash of the API key, only with --key-by-credential
     occurrence: int = 1  # the Nth identical request of its scope, with --repeats sequence
+    # the --ignore-path and --mask rules that changed the body; never part of the key or to_json
+    applied: tuple[RuleUse, ...] = field(default=(), compare=False)
 
     def to_json(self) -> dict:
         out = {
@@ -112,11 +123,31 @@ def dumps_canonical(value: object) -> bytes:
     )
 
 
-def canonical_body(body: object, ignored_fields: frozenset[str] | set[str]) -> object:
+def canonical_body(
+    body: object,
+    ignored_fields: frozenset[str] | set[str],
+    *,
+    ignored_paths: Sequence[IgnorePath] = (),
+    masks: Sequence[Mask] = (),
+) -> object:
     """The body as it enters the key: ignore rules applied, numbers normalized."""
+    return rules_body(body, ignored_fields, ignored_paths=ignored_paths, masks=masks)[0]
+
+
+def rules_body(
+    body: object,
+    ignored_fields: frozenset[str] | set[str],
+    *,
+    ignored_paths: Sequence[IgnorePath] = (),
+    masks: Sequence[Mask] = (),
+) -> tuple[object, tuple[RuleUse, ...]]:
+    """canonical_body, and the --ignore-path / --mask rules that changed it (keyrules.MaskTimeout: a mask ran too long)."""
     if isinstance(body, dict):
         body = {k: v for k, v in body.items() if k not in ignored_fields and k not in ALWAYS_IGNORED_FIELDS}
-    return normalize_numbers(body)
+    body = normalize_numbers(body)  # a fresh copy of every list and object: the rules below may change it
+    if not ignored_paths and not masks:
+        return body, ()
+    return apply_in_place(body, ignored_paths, masks)
 
 
 def raw_body(content: bytes) -> dict:
@@ -133,12 +164,19 @@ def canonicalize(
     ignored_query: frozenset[str] | set[str] = frozenset(),
     namespace: str = "",
     credential: str = "",
+    ignored_paths: Sequence[IgnorePath] = (),
+    masks: Sequence[Mask] = (),
 ) -> CanonicalRequest:
-    """Build the canonical request; ``body`` is parsed JSON, or bytes when it is not JSON."""
+    """Build the canonical request; ``body`` is parsed JSON, or bytes when it is not JSON.
+
+    ``ignored_paths`` and ``masks`` (keyrules.parse_path, keyrules.compile_mask) act on a JSON
+    body only; a mask that runs too long raises keyrules.MaskTimeout (a ValueError).
+    """
+    applied: tuple[RuleUse, ...] = ()
     if isinstance(body, (bytes, bytearray)):
         cbody: object = raw_body(bytes(body)) if body else None
     else:
-        cbody = canonical_body(body, ignored_fields)
+        cbody, applied = rules_body(body, ignored_fields, ignored_paths=ignored_paths, masks=masks)
     return CanonicalRequest(
         method=method.upper(),
         path=normalize_path(path),
@@ -146,4 +184,5 @@ def canonicalize(
         body=cbody,
         namespace=namespace,
         credential=credential,
+        applied=applied,
     )
