@@ -16,12 +16,35 @@ CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES = Chat(), Completions(), Embeddings(), 
 ALL: tuple[Dialect, ...] = (CHAT, COMPLETIONS, EMBEDDINGS, RESPONSES)  # CHAT before COMPLETIONS: its suffix is longer
 _BY_NAME = {d.name: d for d in ALL}
 
-__all__ = ["ALL", "CHAT", "COMPLETIONS", "EMBEDDINGS", "NO_FINGERPRINT", "RESPONSES", "Dialect", "guess_path", "match", "named"]
+__all__ = [
+    "ALL",
+    "CHAT",
+    "COMPLETIONS",
+    "EMBEDDINGS",
+    "NO_FINGERPRINT",
+    "RESPONSES",
+    "Dialect",
+    "guess_path",
+    "match",
+    "named",
+    "recorded_for",
+]
 
 
 def match(method: str, path: str) -> Dialect | None:
     """The dialect a request speaks, or None (passed through untouched)."""
     return next((d for d in ALL if d.matches(method, path)), None)
+
+
+def recorded_for(method: str, path: str) -> Dialect | None:
+    """The dialect whose recordings a request may have: its API's, or the Responses API's for a
+    polled state of a stored response (``GET .../responses/{id}``, recorded in auto mode)."""
+    from seedtape.proxy.dialects import responsestate
+
+    found = match(method, path)
+    if found is None and (state := responsestate.route(method, path)) is not None and state.action == "retrieve":
+        return RESPONSES
+    return found
 
 
 def named(name: str) -> Dialect:

@@ -740,7 +740,7 @@ def _read_entry(kfd: int, kdir: Path, stem: str, request: dict, budget: _Budget)
         raise bad("format", f"{endpoint.name} answers are never streams")
     method, rpath = request.get("method"), request.get("path")
     if isinstance(method, str) and isinstance(rpath, str) and SCRUBBED not in (method, rpath):
-        asked = dialects.match(method, rpath)
+        asked = dialects.recorded_for(method, rpath)
         if asked is None or asked.name != endpoint.name:
             raise bad(
                 "endpoint",
