@@ -55,7 +55,15 @@ def pytest_addoption(parser: pytest.Parser) -> None:
         default=False,
         help="Fail the session when a recording in the tapes was used by no test (run the whole suite).",
     )
+    group.addoption(
+        "--seedtape-repeats",
+        choices=("same", "sequence"),
+        default=None,
+        help="same: identical requests share one recording. sequence: the Nth identical request of a test is its "
+        "own recording (best-of-n, votes). Default: the seedtape_repeats ini value, else same.",
+    )
     parser.addini("seedtape_tapes", "Directory of seedtape tapes, relative to the rootdir.", default=None)
+    parser.addini("seedtape_repeats", "same or sequence (see --seedtape-repeats).", default=None)
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -96,6 +104,10 @@ def seedtape_proxy(pytestconfig: pytest.Config, tmp_path_factory: pytest.TempPat
         "needed): the new recording is written to the tapes directory; commit it."
     )
     args = ["--miss-hint", hint]
+    repeats = pytestconfig.getoption("--seedtape-repeats") or pytestconfig.getini("seedtape_repeats") or "same"
+    if repeats not in ("same", "sequence"):
+        raise pytest.UsageError(f"seedtape_repeats = {repeats!r}: choose same or sequence")
+    args += ["--repeats", repeats]
     report = None
     if pytestconfig.getoption("--seedtape-strict"):
         # Under pytest's own temporary directory, which it rotates: the clean-up command needs the

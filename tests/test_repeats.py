@@ -91,3 +91,41 @@ def test_apis_without_a_seed_count_occurrences_too(store):
     first, second = send(d, body, "/v1/responses"), send(d, body, "/v1/responses")
     assert first.key != second.key and second.occurrence == 2 and second.forward_body is None
     assert second.canonical.to_json()["occurrence"] == 2 and "seed" not in second.canonical.body
+
+
+def test_the_pytest_plugin_counts_repeats_per_test(upstream, tmp_path):
+    import textwrap
+
+    from test_pytest_plugin import run_pytest
+
+    project = tmp_path / "votes"
+    project.mkdir()
+    (project / "test_votes.py").write_text(textwrap.dedent('''
+        import openai, pytest
+
+        def votes():
+            c = openai.OpenAI(max_retries=0)
+            return [c.chat.completions.create(model="gpt-4o-mini", messages=[{"role": "user", "content": "Vote"}])
+                    .choices[0].message.content for _ in range(3)]
+
+        @pytest.mark.seedtape
+        def test_first():
+            v = votes()
+            assert len(set(v)) == 3  # three samples, three answers
+            print("VOTES", v)
+
+        @pytest.mark.seedtape
+        def test_second():
+            assert len(set(votes())) == 3  # counts from 1 again: the same three recordings
+    '''))
+    r = run_pytest(project, "--seedtape-mode=auto", f"--seedtape-upstream={upstream.url}", "--seedtape-repeats=sequence",
+                   "-s", env={"OPENAI_API_KEY": "sk-rec"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "seedtape (auto): 3 recordings made, 3 replayed" in r.stdout
+    live = next(line for line in r.stdout.splitlines() if line.startswith("VOTES"))
+    seeds = [s["body"].get("seed") for s in upstream.requests_to("/chat/completions")]
+    assert seeds == [1234, 1235, 1236]
+    upstream.stop()
+    r = run_pytest(project, "--seedtape-repeats=sequence", "-s", env={"CI": "true"})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert next(line for line in r.stdout.splitlines() if line.startswith("VOTES")) == live
