@@ -98,10 +98,7 @@ class Tapedeck:
         unseeded = body
         try:
             if dialect.takes_seed:
-                injected, ex.seed = s.seed.apply(body)
-                if injected is not body:
-                    body = injected
-                    ex.forward_body = jsontext.encode(body)
+                body, ex.seed = s.seed.apply(body)
             namespace = over.namespace if over.namespace is not None else headers.get(wire.NAMESPACE, "")
             credential = self._credential(headers)
 
@@ -150,6 +147,8 @@ class Tapedeck:
                     detail = f"{sequence.recorded_before(ex.occurrence, self.store)} {detail}".strip()
                 return self._refuse(ex, errors.replay_miss(ex.key, path_only, detail, s.miss_hint), Status.MISS)
         ex.status = Status.LIVE
+        if body is not unseeded and ex.forward_body is None:  # only what goes upstream needs its bytes
+            ex.forward_body = jsontext.encode(body)
         # The live answer will be compared with what replay would serve for this key (auto and
         # replay looked that up above: only a pinned miss may still have a newest one to compare with).
         if mode.serves_recordings:

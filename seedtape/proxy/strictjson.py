@@ -12,9 +12,35 @@ from __future__ import annotations
 
 import json
 import math
+import re
+
+import orjson
 
 MAX_DEPTH = 200  # far beyond any real request or tape; deeper documents could not be stored or diffed
 MAX_INT_DIGITS = 1000  # below Python's int-to-str limit (4300), far above any real parameter
+
+
+_LONG_NUMBER = re.compile(rb"\d{16}")  # orjson reads integers past 64 bits as floats: leave those to json
+_NESTING = (ord("{"), ord("["))
+
+
+def fast_loads(data: bytes) -> object | None:
+    """``data`` parsed by orjson (several times faster) when that gives exactly what ``loads`` would
+    accept and return, else None: then ``loads`` decides (and says why it refuses).
+
+    orjson refuses what ``loads`` refuses (NaN, Infinity, 1e400, invalid UTF-8), also lone
+    surrogates (``loads`` accepts them); it differs on integers past 64 bits, so any run of 16
+    digits, and anything nested deeper than MAX_DEPTH could be, goes to ``loads``.
+    """
+    if _LONG_NUMBER.search(data):
+        return None
+    try:
+        doc = orjson.loads(data)
+    except orjson.JSONDecodeError:
+        return None
+    if data.count(_NESTING[0]) + data.count(_NESTING[1]) > MAX_DEPTH and depth(doc) > MAX_DEPTH:
+        return None
+    return doc
 
 
 class TooDeep(ValueError):

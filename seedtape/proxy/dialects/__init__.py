@@ -6,6 +6,8 @@ The registry below is the one place that lists them; the rest of the core asks
 
 from __future__ import annotations
 
+import functools
+
 from seedtape.proxy.dialects.base import NO_FINGERPRINT, Dialect
 from seedtape.proxy.dialects.chat import Chat
 from seedtape.proxy.dialects.completions import Completions
@@ -31,6 +33,7 @@ __all__ = [
 ]
 
 
+@functools.lru_cache(maxsize=4096)  # every request asks; a process sees few distinct (method, path) pairs
 def match(method: str, path: str) -> Dialect | None:
     """The dialect a request speaks, or None (passed through untouched)."""
     return next((d for d in ALL if d.matches(method, path)), None)

@@ -33,6 +33,7 @@ Rules, version 1 (docs/request-key.md repeats them):
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import json
 import math
@@ -91,6 +92,7 @@ class CanonicalRequest:
         return hashlib.sha256(self.canonical_bytes()).hexdigest()
 
 
+@functools.lru_cache(maxsize=4096)  # a process sees few distinct paths; this runs on every request
 def normalize_path(path: str) -> str:
     """Path without query, with repeated and trailing slashes removed."""
     path = path.split("?", 1)[0] or "/"
@@ -101,6 +103,8 @@ def normalize_path(path: str) -> str:
 
 
 def normalize_query(query: str, ignored: frozenset[str] | set[str] = frozenset()) -> tuple[tuple[str, str], ...]:
+    if not query:
+        return ()
     return tuple(sorted(p for p in parse_qsl(query, keep_blank_values=True) if p[0] not in ignored))
 
 

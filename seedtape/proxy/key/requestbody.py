@@ -13,6 +13,9 @@ from seedtape.proxy import strictjson
 
 def parse(content: bytes) -> dict:
     """The body as a JSON object; ValueError says why it is not one."""
+    fast = strictjson.fast_loads(content) if content[:3] != b"\xef\xbb\xbf" else None
+    if isinstance(fast, dict):  # the common case; anything else takes the strict path for its message
+        return fast
     try:
         text = content.decode("utf-8")  # strict: json.loads(bytes) would guess UTF-16/32 and pass surrogates
     except UnicodeDecodeError:

@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import lmdb
+import orjson
 
 from seedtape.proxy.tapes.entry import TapeEntry
 
@@ -253,7 +254,7 @@ class Store:
                 raw = txn.get(key.encode(), db=self._latest)
                 if raw is None:
                     return None
-                fp = json.loads(raw)["fingerprint"]
+                fp = orjson.loads(raw)["fingerprint"]  # written by _offer_latest: plain ASCII JSON
             return txn.get(_entry_key(key, fp), db=self._entries)
 
         raw = self._read(read)
