@@ -249,7 +249,8 @@ class Target:
 
 
 def seedtape_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "seedtape", "serve", "--port", "0", *args]
+    # -P: the working directory (this checkout) must not shadow a --baseline-tree given on PYTHONPATH
+    return [sys.executable, "-P", "-m", "seedtape", "serve", "--port", "0", *args]
 
 
 def record(upstream: str, store: Path, bodies: list[dict], logdir: Path) -> None:
