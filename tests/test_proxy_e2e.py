@@ -10,7 +10,7 @@ import httpx
 import openai
 import pytest
 from conftest import API_KEY, async_client, chat, client
-from support import assert_openai_error, entries
+from support import assert_openai_error, entries, plaintext
 
 from seedtape.proxy.tapes.store import Store
 
@@ -202,7 +202,7 @@ def test_secrets_never_reach_store_or_log(upstream, store, proxies):
     p.stop()
     # the upstream did get the key: seedtape forwards it, it only never writes it
     assert upstream.log[0]["headers"]["authorization"] == f"Bearer {API_KEY}"
-    blobs = b"".join(f.read_bytes() for f in Path(store).iterdir())
+    blobs = b"".join(f.read_bytes() for f in Path(store).iterdir()) + plaintext(store)
     for secret in (API_KEY, "org-private-42", "org-secret-fake", "secret-cookie"):
         assert secret.encode() not in blobs, secret
         assert secret not in p.output, secret

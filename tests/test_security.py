@@ -18,7 +18,7 @@ import httpx
 import openai
 import pytest
 from conftest import chat, client
-from support import assert_openai_error, entries, http_request, run_cli
+from support import assert_openai_error, entries, http_request, plaintext, run_cli
 
 from seedtape.proxy.headers import is_safe
 from seedtape.proxy.tapes.store import Store
@@ -51,7 +51,9 @@ def seedtape(*args: str, check: bool = True, **kw) -> subprocess.CompletedProces
 
 
 def tree_bytes(path: Path) -> bytes:
-    return b"".join(f.read_bytes() for f in sorted(Path(path).rglob("*")) if f.is_file())
+    """Every file's bytes, and for a store its entries decompressed too (a secret must not hide in a zstd frame)."""
+    raw = b"".join(f.read_bytes() for f in sorted(Path(path).rglob("*")) if f.is_file())
+    return raw + plaintext(path) if (Path(path) / "data.mdb").is_file() else raw
 
 
 def send_upstream_headers(upstream, extra: list[tuple[str, str]]) -> None:

@@ -10,7 +10,7 @@
 from support.cli import run_cli
 from support.errors import assert_openai_error
 from support.rawhttp import ClosedEarly, RawResponse, build_request, http_request, parse_response, request_bytes
-from support.store import entries, get_entry
+from support.store import entries, get_entry, plaintext
 
 __all__ = [
     "ClosedEarly",
@@ -21,6 +21,7 @@ __all__ = [
     "get_entry",
     "http_request",
     "parse_response",
+    "plaintext",
     "request_bytes",
     "run_cli",
 ]

@@ -32,3 +32,12 @@ def get_entry(store_path: str | os.PathLike, key: str, fingerprint: str | None =
         return None
     with Store(path, readonly=True) as st:
         return st.get(key, fingerprint)
+
+
+def plaintext(store_path: str | os.PathLike) -> bytes:
+    """Every stored key and entry of a store, decompressed: what a secret scan must search (entries are zstd)."""
+    from seedtape.proxy.tapes import entry as tape_entry
+
+    with Store(Path(store_path), readonly=True) as st, st.env.begin() as txn:
+        db = st.env.open_db(b"entries", txn=txn, create=False)
+        return b"".join(k + tape_entry.plaintext(v) for k, v in txn.cursor(db=db))

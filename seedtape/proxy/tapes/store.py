@@ -28,7 +28,8 @@ import orjson
 
 from seedtape.proxy.tapes.entry import TapeEntry
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: entries may be zstd-compressed (entry.py's ST2 format); a store of 1 is upgraded on write
+_READABLE = (b"1", str(SCHEMA_VERSION).encode())
 DEFAULT_MAP_SIZE = 256 * 1024 * 1024
 MAX_MAP_SIZE = 1 << 40
 
@@ -120,10 +121,13 @@ class Store:
             self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta, overwrite=False))
             found = self._read(lambda txn: txn.get(b"schema", db=self._meta))
             assert found is not None, "committed just above (by us or a concurrent writer), never deleted"
-        if found != str(SCHEMA_VERSION).encode():
+        if found == b"1" and not readonly:  # its ST1 entries stay readable; what is written now is ST2
+            self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta))
+            found = str(SCHEMA_VERSION).encode()
+        if found not in _READABLE:
             raise StoreError(
                 f"the store at {self.path} has schema version {found.decode(errors='replace')}, "
-                f"but this seedtape reads version {SCHEMA_VERSION}: use a matching seedtape release "
+                f"but this seedtape reads versions 1 to {SCHEMA_VERSION}: use a matching seedtape release "
                 "or record into a new --store"
             )
 
