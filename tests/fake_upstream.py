@@ -145,7 +145,7 @@ class FakeUpstream:
         self.fail_next: list[int] = []  # answer the next requests with these statuses, one each
         self.noise: bool | str = False  # True: random words in every answer; "unseeded": only without a seed
         self.chunk_delay = 0.0  # seconds between streamed events
-        self.gate: threading.Event | None = None  # when set, [DONE] waits for it
+        self.gate: threading.Event | None = None  # when set, [DONE] (Responses: the terminal event) waits for it
         self.stream_fault: str | None = None  # "cut" mid-event, "malformed" event, "error-event"; Responses: also "failed"
         self.snapshot: str | None = "2024-07-18"  # Responses answer model "gpt-4o-mini" as "gpt-4o-mini-2024-07-18"
         self.require_auth = False  # True: 401 for requests without an api-key or Authorization header

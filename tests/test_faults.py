@@ -424,10 +424,8 @@ def test_client_hanging_up_mid_stream_never_leaves_a_partial_recording(faulty, s
 
 
 @pytest.mark.slow
-@pytest.mark.xfail(reason="KNOWN LIMITATION (README, Streaming): a client that leaves before the upstream finished "
-                          "(the SDK's .stream(response_format=...) helper at a length finish) makes mitmproxy close "
-                          "the upstream connection, so that answer is not recorded (never a partial one)", strict=True)
 def test_stream_helper_leaving_at_a_length_finish_still_records_the_complete_answer(faulty, store, proxies):
+    """The helper hangs up at the length finish; seedtape reads the upstream on to usage and [DONE], and records."""
     import pydantic
 
     class Answer(pydantic.BaseModel):
@@ -451,6 +449,15 @@ def test_stream_helper_leaving_at_a_length_finish_still_records_the_complete_ans
     [entry] = found
     assert entry.body == faulty.stream_body(req) and entry.body.endswith(DONE)
     assert entry.sse_chunks()[-1]["usage"]["total_tokens"] == 8
+    assert p.logged("(the client left before the end)"), p.output  # logged like any recorded request
+    assert "failed, nothing recorded" not in p.output
+    # and it replays: the same helper call is served from the store
+    with pytest.raises(openai.LengthFinishReasonError), client(p).chat.completions.stream(
+            model=MODEL, messages=messages("structured"), response_format=Answer,
+            stream_options={"include_usage": True}) as s:
+        for _ in s:
+            pass
+    assert len(faulty.requests) == 1
 
 
 def _big_stream(faulty: FaultyUpstream) -> None:

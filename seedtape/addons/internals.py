@@ -19,33 +19,64 @@
 4. The lean Master ``seedtape serve`` runs (:func:`build_master`): only the
    addons seedtape needs, about twice as fast as mitmdump's ~36.
 5. mitmproxy's words for its body size limit, turned into seedtape's (:func:`describe_error`).
+6. Early errors, answered before the request body is read (a 413 over --max-body, a
+   request mitmproxy refuses at its headers): mitmproxy sends them with
+   ``connection: close`` and closes at once, so a client still sending its body gets a
+   reset instead of the answer. The ``Http1Server.send`` wrapper answers, half-closes
+   (the client reads the answer, then EOF), and reads and drops what the client still
+   sends (up to ``max(--max-body, 8 MiB)`` bytes, for ``LINGER_SECONDS``) before it
+   closes, as web servers do.
+7. mitmproxy closes a connection by cancelling its handler task; cancelled while it
+   waits for mitmproxy's event lock, the handler skips its clean-up and its socket
+   stays open for good (seen: every 413 for a client still sending leaked one). A
+   wrapper of ``ConnectionHandler.handle_connection`` does that clean-up then.
+8. A client that leaves a live taped stream (the SDK's ``.stream()`` helper at a
+   ``length`` finish): mitmproxy would close the upstream connection and the answer
+   could never be recorded. For a flow registered with :func:`read_to_end`, the client's
+   close is kept from the HTTP layer (``Http1Server.wait``): the stream goes on, fed to
+   the tap, its bytes to the client are dropped (``Http1Server.send``), and the client
+   connection is closed when the upstream answer ends, completed or cut. A write error
+   on that client marks it gone instead of tearing the connection down
+   (``ConnectionHandler.drain_writers``, which waits on no gone client). The upstream
+   timeout still applies; nothing is ever re-sent.
 
 :func:`install` checks every symbol it patches or reads and fails loudly at start-up
 when one is missing. tests/test_proxy_e2e.py (upstream unreachable),
-tests/test_faults.py (timeouts) and tests/test_untrusted_upstream.py (trailers) check
+tests/test_faults.py (timeouts, clients leaving a stream), tests/test_connections.py
+(early errors, file descriptors) and tests/test_untrusted_upstream.py (trailers) check
 them on every run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 
 import h11
+from h11._receivebuffer import ReceiveBuffer
 from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1
-from mitmproxy.proxy import commands, server
-from mitmproxy.proxy.layers.http import ResponseProtocolError, _http1
+from mitmproxy.proxy import commands, events, server
+from mitmproxy.proxy.layers.http import ResponseEndOfMessage, ResponseProtocolError, _http1
 
 from seedtape.proxy import errors, wire
 
 _original_error_response = _http1.make_error_response
 _original_body_reader = _http1.make_body_reader
 _original_send = _http1.Http1Server.send
+_original_wait = _http1.Http1Server.wait
+_original_handle_connection = server.ConnectionHandler.handle_connection
+_original_drain_writers = server.ConnectionHandler.drain_writers
 _upstream = "the upstream"
 _max_body = 0
 _aborts: dict[str, errors.SeedtapeError] = {}  # client connection id -> why seedtape cut its upstream
+_kept: dict[str, http.HTTPFlow] = {}  # client connection id -> its flow, read to the end if the client leaves
+_gone: set[str] = set()  # client connection ids whose client left a kept flow: nothing more is sent to them
+
+LINGER_SECONDS = 5.0  # how long an early error waits for the rest of the request body before it closes
+LINGER_MIN_BYTES = 8 << 20  # and how much of it it reads at least (else up to --max-body)
 
 
 def _error_bytes(err: errors.SeedtapeError) -> bytes:
@@ -68,8 +99,16 @@ def make_error_response(status_code: int, message: str = "") -> bytes:
 
 
 def _send(self, event):
-    """Http1Server.send, answering an upstream seedtape aborted with the reason kept for this client."""
+    """Http1Server.send: an upstream seedtape aborted is answered with the reason kept for this client;
+    an error before the request body was read lingers (docstring, 6.); a client that left a kept flow
+    is sent nothing more, and closed when its answer ends (docstring, 8.)."""
+    if self.conn.id in _gone:
+        yield from _send_to_gone(self, event)
+        return
     err = _aborts.pop(self.conn.id, None) if isinstance(event, ResponseProtocolError) else None
+    if isinstance(event, ResponseProtocolError) and self.state == self.read_body and not self.response:
+        yield from _answer_early(self, event, err)
+        return
     if err is None:
         yield from _original_send(self, event)
         return
@@ -78,6 +117,112 @@ def _send(self, event):
     if not self.response:
         yield commands.SendData(self.conn, _error_bytes(err))
     yield commands.CloseConnection(self.conn)
+
+
+def _send_to_gone(self, event):
+    """The client left: mitmproxy's bookkeeping goes on, its bytes are dropped; the answer's end closes it."""
+    _aborts.pop(self.conn.id, None)
+    if isinstance(event, ResponseEndOfMessage):
+        self.buf = ReceiveBuffer()  # nothing it sent before it left is read as a next request
+    closing = False
+    for command in _original_send(self, event):
+        if isinstance(command, commands.SendData):
+            continue
+        closing = closing or isinstance(command, commands.CloseConnection)
+        yield command
+    if isinstance(event, (ResponseEndOfMessage, ResponseProtocolError)):
+        _gone.discard(self.conn.id)
+        if not closing and self.conn.state is not ConnectionState.CLOSED:
+            yield commands.CloseConnection(self.conn)
+
+
+def _answer_early(self, event: ResponseProtocolError, err: errors.SeedtapeError | None):
+    """An error while the client still sends its body: answer, half-close, then drop what still comes."""
+    if not (self.conn.state & ConnectionState.CAN_WRITE):
+        return
+    status = event.code.http_status_code()
+    if err is not None:
+        yield commands.SendData(self.conn, _error_bytes(err))
+    elif status is not None:
+        yield commands.SendData(self.conn, _http1.make_error_response(status, event.message))
+    yield commands.CloseTcpConnection(self.conn, half_close=True)  # the client reads the answer, then EOF
+    self.state = _Linger(self, max(_max_body, LINGER_MIN_BYTES))
+    self.body_reader = _Linger.no_body  # the rest of the body is never parsed (nor its end, which would leave the linger)
+    yield commands.RequestWakeup(LINGER_SECONDS)
+
+
+class _Linger:
+    """The state of an Http1Server that answered early: it reads and drops the rest of the request, then closes."""
+
+    __name__ = "linger"  # mitmproxy names a layer's state in its debug output
+
+    class NoBody:
+        """A body reader that finds nothing in what comes."""
+
+        def __call__(self, buf: ReceiveBuffer) -> None:
+            return None
+
+        def read_eof(self) -> None:
+            return None
+
+    no_body = NoBody()
+
+    def __init__(self, conn: _http1.Http1Server, budget: int) -> None:
+        self.conn = conn
+        self.budget = budget
+
+    def __call__(self, event: events.Event):
+        self.conn.buf = ReceiveBuffer()  # the body nobody will read
+        if isinstance(event, events.DataReceived):
+            self.budget -= len(event.data)
+            if self.budget >= 0:
+                return
+        elif isinstance(event, events.ConnectionClosed) and event.connection.state is ConnectionState.CLOSED:
+            return  # the client closed its side too: mitmproxy closes the rest
+        if self.conn.conn.state is not ConnectionState.CLOSED:  # too much, too long, or a half-close
+            yield commands.CloseConnection(self.conn.conn)
+
+
+def _wait(self, event):
+    """Http1Server.wait: a client that leaves a kept flow does not end it (docstring, 8.)."""
+    if isinstance(event, events.ConnectionClosed) and self.conn.id in _kept and self.conn.state & ConnectionState.CAN_WRITE:
+        _gone.add(self.conn.id)
+        return
+    yield from _original_wait(self, event)
+
+
+async def _handle_connection(self, connection):
+    """ConnectionHandler.handle_connection, with the clean-up it skips when cancelled in its event lock (docstring, 7.)."""
+    try:
+        await _original_handle_connection(self, connection)
+    except asyncio.CancelledError:
+        io = self.transports.get(connection)
+        if io is not None and io.handler is asyncio.current_task():  # mitmproxy's own clean-up did not run
+            connection.state = ConnectionState.CLOSED
+            try:
+                await self.server_event(events.ConnectionClosed(connection))
+            finally:
+                with contextlib.suppress(OSError):
+                    if io.writer is not None:
+                        io.writer.close()
+                self.transports.pop(connection, None)
+        raise
+
+
+async def _drain_writers(self):
+    """ConnectionHandler.drain_writers, where a client that left a kept flow is neither waited on nor
+    torn down by a write error (docstring, 8.)."""
+    async with self._drain_lock:
+        for connection, io in list(self.transports.items()):
+            if io.writer is None or connection.id in _gone:
+                continue
+            try:
+                await io.writer.drain()
+            except OSError as e:
+                if connection.id in _kept:
+                    _gone.add(connection.id)
+                elif io.handler is not None:
+                    io.handler.cancel(f"Error sending data: {e}")
 
 
 class _TrailerDroppingReader:
@@ -104,18 +249,26 @@ def make_body_reader(expected_size: int | None):
 def install() -> None:
     """Patch what mitmproxy offers no hook for; a missing symbol is a loud error, never a silent no-op."""
     missing = [name for name in ("make_error_response", "make_body_reader") if not callable(getattr(_http1, name, None))]
-    if not callable(getattr(getattr(_http1, "Http1Server", None), "send", None)):
-        missing.append("Http1Server.send")
+    for name in ("send", "wait", "read_body"):
+        if not callable(getattr(getattr(_http1, "Http1Server", None), name, None)):
+            missing.append(f"Http1Server.{name}")
+    for name in ("handle_connection", "drain_writers", "server_event"):
+        if not callable(getattr(server.ConnectionHandler, name, None)):
+            missing.append(f"server.ConnectionHandler.{name}")
     if {f.name for f in dataclasses.fields(server.ConnectionIO)} < {"handler", "writer"}:
-        missing.append("ConnectionIO.handler/writer")
+        missing.append("server.ConnectionIO.handler/writer")
     if missing:
         raise RuntimeError(
-            f"this mitmproxy lacks {', '.join('_http1.' + m for m in missing)}, which seedtape "
-            "patches: install mitmproxy 12 (pip install 'mitmproxy>=12,<13')"
+            f"this mitmproxy lacks {', '.join(m if m.startswith('server.') else '_http1.' + m for m in missing)}, which "
+            "seedtape patches: install mitmproxy 12 (pip install 'mitmproxy>=12,<13')"
         )
     _http1.make_error_response = make_error_response
     _http1.make_body_reader = make_body_reader
-    _http1.Http1Server.send = _send  # type: ignore[method-assign]  # deliberate patch of mitmproxy (docstring, 2.)
+    # deliberate patches of mitmproxy (docstring, 2., 6., 7. and 8.)
+    _http1.Http1Server.send = _send  # type: ignore[method-assign]
+    _http1.Http1Server.wait = _wait  # type: ignore[method-assign]
+    server.ConnectionHandler.handle_connection = _handle_connection  # type: ignore[method-assign]
+    server.ConnectionHandler.drain_writers = _drain_writers  # type: ignore[method-assign]
 
 
 def configure(upstream: str, max_body: int) -> None:
@@ -127,7 +280,11 @@ def configure(upstream: str, max_body: int) -> None:
 def uninstall() -> None:
     _http1.make_error_response = _original_error_response
     _http1.make_body_reader = _original_body_reader
-    _http1.Http1Server.send = _original_send  # type: ignore[method-assign]  # undoes the patch of install()
+    # undo the patches of install()
+    _http1.Http1Server.send = _original_send  # type: ignore[method-assign]
+    _http1.Http1Server.wait = _original_wait  # type: ignore[method-assign]
+    server.ConnectionHandler.handle_connection = _original_handle_connection  # type: ignore[method-assign]
+    server.ConnectionHandler.drain_writers = _original_drain_writers  # type: ignore[method-assign]
 
 
 def _transports(flow: http.HTTPFlow):
@@ -141,6 +298,8 @@ def _transports(flow: http.HTTPFlow):
 
 def client_backlogged(flow: http.HTTPFlow) -> bool:
     """The client has not read what it was sent yet: mitmproxy holds back upstream reads meanwhile."""
+    if client_left(flow):  # nothing is sent to it any more, and nothing waits on it
+        return False
     io = _transports(flow).get(flow.client_conn)
     transport = getattr(getattr(io, "writer", None), "transport", None)
     return bool(transport is not None and transport.get_write_buffer_size() > 0)
@@ -158,8 +317,26 @@ def abort_upstream(flow: http.HTTPFlow, err: errors.SeedtapeError | None) -> boo
 
 
 def forget(client_conn_id: str) -> None:
-    """A client connection closed: drop an abort reason it never needed."""
+    """A client connection closed: drop what was kept for it."""
     _aborts.pop(client_conn_id, None)
+    _kept.pop(client_conn_id, None)
+    _gone.discard(client_conn_id)
+
+
+def read_to_end(flow: http.HTTPFlow) -> None:
+    """Read the flow's upstream answer to its end even if its client leaves (a live taped stream; docstring, 8.)."""
+    _kept[flow.client_conn.id] = flow
+
+
+def release(flow: http.HTTPFlow) -> None:
+    """The flow's upstream answer ended (completed or not): a client leaving from now on is an ordinary close."""
+    if _kept.get(flow.client_conn.id) is flow:
+        del _kept[flow.client_conn.id]
+
+
+def client_left(flow: http.HTTPFlow) -> bool:
+    """The client of a flow registered with :func:`read_to_end` left before its answer ended."""
+    return flow.client_conn.id in _gone
 
 
 def describe_error(message: str, max_body: int) -> str:

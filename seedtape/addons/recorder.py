@@ -34,6 +34,7 @@ log.addFilter(printable.LogEscaper())  # every line: paths and fingerprints come
 OWN_REPLY = "seedtape_own_reply"  # flow.metadata mark: the response hook must not record it
 TIMER = "seedtape_timer"  # flow.metadata: the upstream timeout's handle
 PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be recorded
+LEFT_EARLY = "seedtape_left_early"  # flow.metadata mark: the client left before the upstream completed the stream
 
 _MITM_TYPES: dict[type, Any] = {str: str, int: str, float: str, bool: bool, list: Sequence[str]}  # see Option.to_text
 _STORE_OPTIONS = {"seedtape_store", "seedtape_map_size"}
@@ -285,17 +286,22 @@ class Seedtape:
 
             def tap(data: bytes) -> bytes:
                 self._arm(flow)  # a stream may stall: the timeout runs from the last event
-                taping = ex.tape is not None
+                taping, completed = ex.tape is not None, ex.upstream_completed
                 try:
                     self._deck().feed_stream(ex, data, status, headers)  # records once the upstream completed it
                 except Exception:
                     log.exception("seedtape: could not tape the stream of %s", wire.log_path(flow.request.path))
                     ex.unrecorded("taping failed (see the log)")
+                if ex.upstream_completed and not completed and internals.client_left(flow):
+                    flow.metadata[LEFT_EARLY] = True
                 if taping and ex.tape is None and ex.divergence is not None:
                     self._settle_later(ex, _credentials(flow))
                 return data
 
             flow.response.stream = tap
+            # A client that leaves early (the SDK's .stream() helper at a length finish) does not end the upstream
+            # exchange: it is read to its end and recorded if the upstream completes it.
+            internals.read_to_end(flow)
         if ex is not None:
             self._add_headers(flow.response, ex)
 
@@ -314,13 +320,14 @@ class Seedtape:
     async def response(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
         self.in_flight.remove(flow)
+        internals.release(flow)
         if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
             return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         if ex is None:
             return
         if flow.response.stream:  # taped (and recorded) by the tap as the body passed
-            self._log(ex, flow.response.status_code)
+            self._log(ex, flow.response.status_code, left=bool(flow.metadata.get(LEFT_EARLY)))
             return
         resp = flow.response
         try:
@@ -336,12 +343,16 @@ class Seedtape:
     def error(self, flow: http.HTTPFlow) -> None:
         self._disarm(flow)
         self.in_flight.remove(flow)
+        internals.release(flow)
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
         msg = internals.describe_error(flow.error.msg if flow.error else "unknown error", self.values.get("max_body", 0))
         path = wire.log_path(flow.request.path)
         if ex is not None and ex.upstream_completed:  # e.g. the SDK hangs up at [DONE]: an ordinary exchange
-            self._log(ex, flow.response.status_code if flow.response is not None else 200)
+            status = flow.response.status_code if flow.response is not None else 200
+            self._log(ex, status, left=bool(flow.metadata.get(LEFT_EARLY)))
             return
+        if internals.client_left(flow):
+            msg += " (the client had left before the end)"
         if self.in_flight.stopping:  # the proxy cut it (not the client), and its stop line named it
             msg = self.in_flight.stopping
         else:
@@ -392,8 +403,9 @@ class Seedtape:
             response.headers[k] = wire.header_value(v)
 
     @staticmethod
-    def _log(ex: Exchange, status: int) -> None:
-        log.info(ex.log_line(status))
+    def _log(ex: Exchange, status: int, *, left: bool = False) -> None:
+        """``left``: the client left before the upstream completed the answer (which was read to its end)."""
+        log.info(ex.log_line(status) + (" (the client left before the end)" if left else ""))
 
 
 addons = [Seedtape()]
