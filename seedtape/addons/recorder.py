@@ -49,7 +49,7 @@ def upstream_of(modes: Sequence[str]) -> str:
 
 def make_response(status: int, headers: list[tuple[str, str]], body: bytes) -> http.Response:
     """A response of seedtape's own; every header value is made safe (framing is computed by mitmproxy)."""
-    return http.Response.make(status, body, [(k.encode(), wire.header_value(v).encode()) for k, v in headers])
+    return internals.own_response(status, [(k.encode(), wire.header_value(v).encode()) for k, v in headers], body)
 
 
 def _credentials(flow: http.HTTPFlow) -> dict[str, str]:
