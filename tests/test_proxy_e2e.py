@@ -307,3 +307,15 @@ def test_curl_style_hand_written_json_with_gzip(upstream, store, proxies):
     raw = chat(client(p), "gz", model="gpt-4o", temperature=1)
     assert raw.headers["seedtape-status"] == "hit"
     assert raw.headers["seedtape-key"] == r.headers["seedtape-key"]
+
+
+def test_quiet_logs_warnings_only(upstream, store, proxies):
+    p = proxies("--upstream", upstream.url, "--store", store, "--quiet")
+    c = client(p)
+    chat(c, "quiet please")
+    chat(c, "quiet please")  # a hit
+    r = httpx.post(p.base_url + "/chat/completions", content=b"{not json", headers={"content-type": "application/json"})
+    assert r.status_code == 400
+    p.stop()
+    assert "OPENAI_BASE_URL=" in p.output
+    assert "recorded POST" not in p.output and "hit POST" not in p.output and "key=" not in p.output

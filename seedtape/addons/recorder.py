@@ -405,7 +405,8 @@ class Seedtape:
     @staticmethod
     def _log(ex: Exchange, status: int, *, left: bool = False) -> None:
         """``left``: the client left before the upstream completed the answer (which was read to its end)."""
-        log.info(ex.log_line(status) + (" (the client left before the end)" if left else ""))
+        if log.isEnabledFor(logging.INFO):  # --quiet: a hit does not even build its line
+            log.info(ex.log_line(status) + (" (the client left before the end)" if left else ""))
 
 
 addons = [Seedtape()]
