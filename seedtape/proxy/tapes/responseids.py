@@ -28,6 +28,7 @@ class ResponseIds:
     def __init__(self, store: Store) -> None:
         self.store = store
         self._ids: dict[str, Holder] | None = None
+        self._scanned_at = -1  # the store's last transaction id when the index was read
 
     def add(self, entry: TapeEntry) -> None:
         """Note a responses recording (a no-op until the index is first used: it reads the store then)."""
@@ -36,14 +37,19 @@ class ResponseIds:
 
     def find(self, response_id: str) -> tuple[TapeEntry, dict] | None:
         """(entry, response) of the recording of ``response_id``; a stream is folded into its response."""
-        if self._ids is None or response_id not in self._ids:
+        if self._ids is None or (response_id not in self._ids and self._changed()):
             self._ids = self._scan()  # another process may have recorded it meanwhile
         holder = self._ids.get(response_id)
         entry = self.store.get(holder.key, holder.fingerprint) if holder else None
         doc = response_of(entry) if entry is not None else None
         return (entry, doc) if entry is not None and doc is not None else None
 
+    def _changed(self) -> bool:
+        """Whether anything was committed since the last scan (an unknown id re-reads the store only then)."""
+        return self.store.env.info()["last_txnid"] != self._scanned_at
+
     def _scan(self) -> dict[str, Holder]:
+        self._scanned_at = self.store.env.info()["last_txnid"]
         ids: dict[str, Holder] = {}
         for entry in self.store.entries():
             self._note(ids, entry)
