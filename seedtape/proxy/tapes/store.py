@@ -147,6 +147,10 @@ class Store:
         Read in the writing transaction, so of two proxies recording one key at once the later
         one sees the other's answer (and can tell whether they agree).
         """
+        return self._write(self.replacing(entry, as_is=as_is))
+
+    def replacing(self, entry: TapeEntry, *, as_is: bool = False) -> Callable[[lmdb.Transaction[bytes]], TapeEntry | None]:
+        """``replace`` as one step of a transaction, for :meth:`batch`."""
 
         def write(txn: lmdb.Transaction[bytes]) -> TapeEntry | None:
             k = _entry_key(entry.key, entry.fingerprint)
@@ -164,7 +168,32 @@ class Store:
             entry.recorded_at = time.time()
         if not entry.first_recorded_at:
             entry.first_recorded_at = entry.recorded_at
-        return self._write(write)
+        return write
+
+    def batch(self, steps: list[Callable[[lmdb.Transaction[bytes]], T]]) -> list[T | Exception]:
+        """Run several writes in one transaction, so they share one commit (one fsync).
+
+        Each step runs in a nested transaction: a step that raises is undone alone and its
+        exception takes its place in the result; the others commit.
+        """
+
+        def run(txn: lmdb.Transaction[bytes]) -> list[T | Exception]:
+            out: list[T | Exception] = []
+            for step in steps:
+                child = self.env.begin(write=True, parent=txn)
+                try:
+                    out.append(step(child))
+                except (lmdb.MapFullError, lmdb.MapResizedError):
+                    child.abort()
+                    raise  # the whole batch runs again on a grown map
+                except Exception as e:
+                    child.abort()
+                    out.append(e)
+                else:
+                    child.commit()
+            return out
+
+        return self._write(run)
 
     def merge(self, entries: list[TapeEntry]) -> list[str]:
         """Import entries as they are (timestamps, counts), all in one transaction; per entry what happened.
@@ -234,10 +263,18 @@ class Store:
 
     def add_event(self, event: dict) -> str:
         """Append an audit event; returns its id (sortable by time)."""
+        return self._write(self.adding_event(event))
+
+    def adding_event(self, event: dict) -> Callable[[lmdb.Transaction[bytes]], str]:
+        """``add_event`` as one step of a transaction, for :meth:`batch`."""
         event_id = f"{time.time_ns():020d}-{os.urandom(4).hex()}"
         data = json.dumps({"id": event_id, **event}, ensure_ascii=False).encode()
-        self._write(lambda txn: txn.put(event_id.encode(), data, db=self._events))
-        return event_id
+
+        def write(txn: lmdb.Transaction[bytes]) -> str:
+            txn.put(event_id.encode(), data, db=self._events)
+            return event_id
+
+        return write
 
     def events(self) -> list[dict]:
         """Every audit event, oldest first."""
