@@ -224,7 +224,7 @@ def test_stats(store, recorded):
     assert fields["path"] == str(store)
     s = json.loads(run("stats", "--store", str(store), "--json").stdout)
     assert (s["entries"], s["request_keys"], s["fingerprints"]) == (4, 3, 2)
-    assert s["size_bytes"] > 0 and s["schema_version"] == 2
+    assert s["size_bytes"] > 0 and s["schema_version"] == 3
 
 
 # -- errors ------------------------------------------------------------------------------------------------

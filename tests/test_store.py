@@ -425,9 +425,9 @@ def test_a_schema_1_store_is_read_and_upgraded_when_written(path):
     with Store(path, readonly=True) as st:  # read as it is
         assert st.get("k" * 64) is not None
     assert marker() == b"1"
-    with Store(path) as st:  # opened to write: marked 2, so an older seedtape refuses it as a whole
+    with Store(path) as st:  # opened to write: marked 3, so an older seedtape refuses it as a whole
         st.put(make_entry(fingerprint="fp_b"))
-    assert marker() == b"2" and SCHEMA_VERSION == 2
+    assert marker() == b"3" and SCHEMA_VERSION == 3
 
 
 def test_every_truncation_is_a_corrupt_entry():

@@ -158,7 +158,7 @@ class Seedtape:
         seed = s.seed.seed if s.seed.inject else "off"
         if s.mode is Mode.REPLAY:  # replay never contacts the upstream: naming one would mislead
             log.info("seedtape: mode=replay store=%s seed=%s (offline: the upstream is never contacted)", self.store.path, seed)
-            if self.store.stats()["entries"] == 0:
+            if self.store.stats_counts()["entries"] == 0:  # never a scan: a store may hold millions
                 log.warning(
                     "seedtape: the store at %s holds no recordings: in replay mode every request will miss "
                     "(record with --mode auto, or `seedtape import` tapes, first)",

@@ -42,7 +42,7 @@ class Tapedeck:
         self.store = store
         self.settings = settings
         self._salt_cache: bytes | None = None
-        self.index = nearest.NearestIndex(store)  # filled lazily, for explaining misses
+        self.index = nearest.NearestIndex(store)  # reads the store's miss index, for explaining misses
         self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
         self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
@@ -381,7 +381,6 @@ class Tapedeck:
         if s.redact_fields:
             request, _ = scrub.request(request, s.redact_fields)
             content, _ = scrub.body(content, fmt, s.redact_fields)
-        self.index.add(ex.key, request)
         body = ex.canonical.body  # a JSON object: requestbody.parse admits nothing else
         requested = body.get("model", "") if isinstance(body, dict) else ""
         entry = TapeEntry(

@@ -6,6 +6,12 @@ Layout (named sub-databases in one LMDB environment):
 - ``entries``: ``<request key>\\0<fingerprint>`` -> encoded TapeEntry.
 - ``latest``:  ``<request key>`` -> the fingerprint recorded most recently for it.
 - ``events``:  ``<ns timestamp>-<random>`` -> an audit event (JSON), in time order.
+- ``near``, ``paths``: the miss index (missindex.py): MinHash bands and endpoint paths -> key id,
+  for finding the recordings nearest to a request that missed. The write steps below keep it
+  current in the same transactions as the entries (a key enters it with its first fingerprint and
+  leaves it with its last), so it is consistent, shared by every process, and never built at
+  start-up. A store of schema 1 or 2 gets it built once, when first opened for writing; opened
+  read-only, such a store has none, and ``nearest`` compares a bounded sample instead.
 
 LMDB gives one writer at a time across processes and lock-free readers, so
 several proxies can share one store. Every commit is synced to disk (LMDB's
@@ -15,10 +21,13 @@ most the transaction in flight, and never corrupts committed entries.
 
 from __future__ import annotations
 
+import ctypes
 import json
+import logging
 import os
+import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
 from pathlib import Path
 from typing import TypeVar
@@ -26,14 +35,21 @@ from typing import TypeVar
 import lmdb
 import orjson
 
-from seedtape.proxy.tapes.entry import TapeEntry
+from seedtape.proxy.tapes import missindex
+from seedtape.proxy.tapes.entry import CorruptEntry, TapeEntry
 
-SCHEMA_VERSION = 2  # 2: entries may be zstd-compressed (entry.py's ST2 format); a store of 1 is upgraded on write
-_READABLE = (b"1", str(SCHEMA_VERSION).encode())
+# 2: entries may be zstd-compressed (entry.py's ST2 format); 3: a persistent miss index (missindex.py).
+# A store of 1 or 2 is upgraded when opened for writing.
+SCHEMA_VERSION = 3
+_READABLE = (b"1", b"2", str(SCHEMA_VERSION).encode())
+UNINDEXED_SAMPLE = 5000  # request keys compared at a miss on a store without a miss index (read-only, schema < 3)
 DEFAULT_MAP_SIZE = 256 * 1024 * 1024
 MAX_MAP_SIZE = 1 << 40
 
 T = TypeVar("T")
+_MADV_DONTNEED = 4
+_libc = ctypes.CDLL(None, use_errno=True) if sys.platform == "linux" else None
+log = logging.getLogger("seedtape")
 
 
 class StoreError(RuntimeError):
@@ -63,6 +79,10 @@ class Store:
                 readonly=readonly,
                 create=not readonly,
                 max_readers=512,
+                # No readahead (MADV_RANDOM): a lookup maps only the pages it reads. With it, each page
+                # fault also maps its cached neighbours, and a proxy explaining misses on a large store
+                # grows its RSS by ~16x the pages it really touched (bench/bench_million.py).
+                readahead=False,
             )
         except lmdb.Error as e:
             raise StoreError(f"cannot open the store at {self.path}: {e}") from e
@@ -70,14 +90,17 @@ class Store:
             self.env.reader_check()  # free reader slots left by killed processes
         self._meta, self._entries, self._latest = (self._open_db(n, readonly) for n in (b"meta", b"entries", b"latest"))
         self._events = self._open_db(b"events", readonly, optional=True)  # added after schema 1 first shipped
+        near, paths = (self._open_db(n, readonly, optional=True, dupsort=True) for n in (b"near", b"paths"))
+        # None: a store of schema < 3 opened read-only (a writable open builds the index in _check_schema)
+        self._index = missindex.MissIndex(near, paths) if near is not None and paths is not None else None
         self._check_schema(readonly)
 
     # -- plumbing ---------------------------------------------------------
 
-    def _open_db(self, name: bytes, readonly: bool, optional: bool = False):
+    def _open_db(self, name: bytes, readonly: bool, optional: bool = False, dupsort: bool = False):
         """A named database; open_db runs a transaction, so it too adopts a map another process grew."""
         try:
-            return self._retry(lambda: self.env.open_db(name, create=not readonly))
+            return self._retry(lambda: self.env.open_db(name, create=not readonly, dupsort=dupsort, dupfixed=dupsort))
         except lmdb.NotFoundError:
             if optional:
                 return None
@@ -121,8 +144,10 @@ class Store:
             self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta, overwrite=False))
             found = self._read(lambda txn: txn.get(b"schema", db=self._meta))
             assert found is not None, "committed just above (by us or a concurrent writer), never deleted"
-        if found == b"1" and not readonly:  # its ST1 entries stay readable; what is written now is ST2
-            self._write(lambda txn: txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta))
+        if found in (b"1", b"2") and not readonly:  # its ST1 entries stay readable; what is written now is ST2
+            n = self.stats_counts()["request_keys"]
+            log.warning("seedtape: building the miss index of the store at %s (%d request keys, once)", self.path, n)
+            self._write(self._upgrading)
             found = str(SCHEMA_VERSION).encode()
         if found not in _READABLE:
             raise StoreError(
@@ -130,6 +155,35 @@ class Store:
                 f"but this seedtape reads versions 1 to {SCHEMA_VERSION}: use a matching seedtape release "
                 "or record into a new --store"
             )
+
+    def _upgrading(self, txn: lmdb.Transaction[bytes]) -> None:
+        """Bring a store of schema 1 or 2 to this one: build its miss index, in one transaction."""
+        if txn.get(b"schema", db=self._meta) not in (b"1", b"2"):
+            return  # another process upgraded it meanwhile
+        assert self._index is not None, "a writable open creates the index databases"
+        for key, raw in self._first_entries(txn):
+            try:
+                self._index.add(txn, key, TapeEntry.decode_header(raw)["request"])
+            except (CorruptEntry, KeyError, TypeError, AttributeError):
+                continue  # a damaged entry: replay refuses it anyway; it just cannot be anybody's nearest
+        txn.put(b"schema", str(SCHEMA_VERSION).encode(), db=self._meta)
+
+    def _first_entries(self, txn: lmdb.Transaction[bytes], limit: int | None = None) -> Iterator[tuple[str, bytes]]:
+        """(request key, its first entry's value), in key order, for at most ``limit`` keys."""
+        last, n = None, 0
+        for k, v in txn.cursor(db=self._entries):
+            key = k.split(b"\0", 1)[0]
+            if key == last:
+                continue
+            if limit is not None and n >= limit:
+                return
+            last, n = key, n + 1
+            yield key.decode(), v
+
+    def _index_new(self, txn: lmdb.Transaction[bytes], entry: TapeEntry) -> None:
+        """Enter a key in the miss index when its first fingerprint is written (call before _offer_latest)."""
+        if self._index is not None and isinstance(entry.request, dict) and txn.get(entry.key.encode(), db=self._latest) is None:
+            self._index.add(txn, entry.key, entry.request)
 
     # -- API ----------------------------------------------------------------
 
@@ -161,6 +215,7 @@ class Store:
                 entry.first_recorded_at = min(prev.first_recorded_at or prev.recorded_at, entry.recorded_at)
                 entry.times_recorded = prev.times_recorded + 1
             txn.put(k, entry.encode(), db=self._entries)
+            self._index_new(txn, entry)
             self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
             return prev
 
@@ -214,6 +269,7 @@ class Store:
                         out.append("unchanged" if prev == entry else "kept")
                         continue
                 txn.put(k, entry.encode(), db=self._entries)
+                self._index_new(txn, entry)
                 self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
                 out.append("imported" if old is None else "updated")
             return out
@@ -221,10 +277,14 @@ class Store:
         return self._write(write)
 
     def delete(self, key: str, fingerprint: str) -> bool:
-        """Remove one entry; the key's newest fingerprint falls back to the next most recent."""
+        """Remove one entry; the key's newest fingerprint falls back to the next most recent.
+
+        The key leaves the miss index with its last entry.
+        """
 
         def write(txn: lmdb.Transaction[bytes]) -> bool:
-            if not txn.delete(_entry_key(key, fingerprint), db=self._entries):
+            gone = txn.pop(_entry_key(key, fingerprint), db=self._entries)
+            if gone is None:
                 return False
             prefix = f"{key}\0".encode()
             best: tuple[float, str] | None = None
@@ -238,6 +298,9 @@ class Store:
                         best = (e.recorded_at, e.fingerprint)
             if best is None:
                 txn.delete(key.encode(), db=self._latest)
+                request = self._request_of(gone)
+                if self._index is not None and request is not None:  # a damaged entry was never indexed
+                    self._index.remove(txn, key, request)
             else:
                 self._offer_latest(txn, key, best[1], best[0], replace=True)
             return True
@@ -362,6 +425,74 @@ class Store:
 
         for key, raw in self._read(read):
             yield key, TapeEntry.decode_header(raw)["request"]
+
+    @property
+    def indexed(self) -> bool:
+        """Whether the store has a miss index (False only for a store of schema < 3 opened read-only)."""
+        return self._index is not None
+
+    def nearest(self, request: dict, exclude: Iterable[str] = (), k: int = 3) -> list[tuple[str, float, dict]]:
+        """The ``k`` recorded requests of the same path nearest to ``request``: (key, Jaccard score, request).
+
+        Bounded work whatever the store's size: the miss index proposes candidates and only theirs
+        are decoded. Without an index, the first UNINDEXED_SAMPLE request keys are compared.
+        """
+        feats = missindex.features(request)
+        index = self._index
+
+        def read(txn: lmdb.Transaction[bytes]) -> list[tuple[str, float, dict]]:
+            if index is None:
+                pairs = ((key, self._request_of(raw)) for key, raw in self._first_entries(txn, UNINDEXED_SAMPLE))
+                found: Iterator[tuple[str, dict]] = ((key, r) for key, r in pairs if r is not None)
+            else:
+                found = self._resolved(txn, index.candidates(txn, request, feats, k))
+            return missindex.nearest(found, request, feats, exclude, k)
+
+        try:
+            return self._read(read)
+        finally:
+            self._release_pages()
+
+    def _release_pages(self) -> None:
+        """Unmap the pages of the store this process touched; they stay in the page cache.
+
+        A miss reads a few random pages of the store (index buckets, candidates). Left mapped, they
+        count in the proxy's RSS, which after many misses on a large store would approach the
+        store's size; dropped here (``madvise(MADV_DONTNEED)`` on the read-only shared mapping),
+        the next read of one costs a minor page fault. Linux only; elsewhere a no-op.
+        """
+        if _libc is None:
+            return
+        target = str((self.path / "data.mdb").resolve())
+        try:
+            with open("/proc/self/maps") as f:
+                spans = [line.split(None, 1)[0] for line in f if line.rstrip("\n").endswith(target)]
+        except OSError:
+            return
+        for span in spans:
+            start, end = (int(x, 16) for x in span.split("-"))
+            _libc.madvise(ctypes.c_void_p(start), ctypes.c_size_t(end - start), _MADV_DONTNEED)
+
+    def _resolved(self, txn: lmdb.Transaction[bytes], kids: list[bytes]) -> Iterator[tuple[str, dict]]:
+        """(request key, request) of the newest entry for each key id of the miss index that still resolves."""
+        cur = txn.cursor(db=self._latest)
+        for kid in kids:
+            prefix = kid.hex().encode()
+            if not cur.set_range(prefix) or not cur.key().startswith(prefix):
+                continue  # gone (deleted by a writer that predates the index's maintenance)
+            key = bytes(cur.key())
+            raw = txn.get(key + b"\0" + orjson.loads(cur.value())["fingerprint"].encode(), db=self._entries)
+            request = self._request_of(raw) if raw is not None else None
+            if request is not None:
+                yield key.decode(), request
+
+    @staticmethod
+    def _request_of(raw: bytes) -> dict | None:
+        try:
+            request = TapeEntry.decode_header(raw)["request"]
+        except (CorruptEntry, KeyError, TypeError):
+            return None
+        return request if isinstance(request, dict) else None
 
     def stats(self) -> dict:
         def read(txn: lmdb.Transaction[bytes]) -> dict:
