@@ -39,6 +39,13 @@
    on that client marks it gone instead of tearing the connection down
    (``ConnectionHandler.drain_writers``, which waits on no gone client). The upstream
    timeout still applies; nothing is ever re-sent.
+9. Group commit (seedtape/proxy/tapes/writer.py): a recording is written off the event loop,
+   and a client must not see the end of a stream before its recording is on disk. mitmproxy's
+   stream callable is synchronous and cannot wait, so for a flow marked with
+   :func:`finish_before_end` a wrapper of ``HttpStream.state_stream_response_body`` runs a hook
+   of seedtape's own (:class:`StreamEndHook`, the addon's async ``seedtape_stream_end``) when the
+   upstream's answer ends, before the callable's last call: the tap holds back the stream's end
+   (from the event that completed it) until then.
 
 :func:`install` checks every symbol it patches or reads and fails loudly at start-up
 when one is missing. tests/test_proxy_e2e.py (upstream unreachable),
@@ -60,7 +67,7 @@ from mitmproxy import ctx, exceptions, hooks, http
 from mitmproxy.connection import ConnectionState
 from mitmproxy.net.http import http1, status_codes
 from mitmproxy.proxy import commands, events, server
-from mitmproxy.proxy.layers.http import ResponseEndOfMessage, ResponseProtocolError, _http1
+from mitmproxy.proxy.layers.http import HttpStream, ResponseEndOfMessage, ResponseProtocolError, _http1
 
 from seedtape.proxy import errors, wire
 
@@ -70,6 +77,7 @@ _original_send = _http1.Http1Server.send
 _original_wait = _http1.Http1Server.wait
 _original_handle_connection = server.ConnectionHandler.handle_connection
 _original_drain_writers = server.ConnectionHandler.drain_writers
+_original_stream_body = HttpStream.state_stream_response_body
 _upstream = "the upstream"
 _max_body = 0
 _aborts: dict[str, errors.SeedtapeError] = {}  # client connection id -> why seedtape cut its upstream
@@ -242,6 +250,28 @@ class _TrailerDroppingReader:
         return self._reader.read_eof()
 
 
+_FINISH_FIRST = "seedtape_finish_before_end"  # flow.metadata mark (docstring, 9.)
+
+
+@dataclasses.dataclass
+class StreamEndHook(commands.StartHook):
+    """A marked stream's upstream answer ended; its end goes to the client once every addon returned."""
+
+    flow: http.HTTPFlow
+    name = "seedtape_stream_end"
+
+
+def _stream_response_body(self, event):
+    if isinstance(event, ResponseEndOfMessage) and self.flow.metadata.pop(_FINISH_FIRST, False):
+        yield StreamEndHook(self.flow)
+    return (yield from _original_stream_body(self, event))
+
+
+def finish_before_end(flow: http.HTTPFlow) -> None:
+    """Run the ``seedtape_stream_end`` hook when the flow's streamed answer ends, before its last bytes go out."""
+    flow.metadata[_FINISH_FIRST] = True
+
+
 def make_body_reader(expected_size: int | None):
     reader = _original_body_reader(expected_size)
     return _TrailerDroppingReader(reader) if expected_size is None else reader
@@ -256,20 +286,23 @@ def install() -> None:
     for name in ("handle_connection", "drain_writers", "server_event"):
         if not callable(getattr(server.ConnectionHandler, name, None)):
             missing.append(f"server.ConnectionHandler.{name}")
+    if not callable(getattr(HttpStream, "state_stream_response_body", None)):
+        missing.append("layers.http.HttpStream.state_stream_response_body")
     if {f.name for f in dataclasses.fields(server.ConnectionIO)} < {"handler", "writer"}:
         missing.append("server.ConnectionIO.handler/writer")
     if missing:
         raise RuntimeError(
-            f"this mitmproxy lacks {', '.join(m if m.startswith('server.') else '_http1.' + m for m in missing)}, which "
+            f"this mitmproxy lacks {', '.join(m if m.startswith(('server.', 'layers.')) else '_http1.' + m for m in missing)}, which "
             "seedtape patches: install mitmproxy 12 (pip install 'mitmproxy>=12,<13')"
         )
     _http1.make_error_response = make_error_response
     _http1.make_body_reader = make_body_reader
-    # deliberate patches of mitmproxy (docstring, 2., 6., 7. and 8.)
+    # deliberate patches of mitmproxy (docstring, 2., 6., 7., 8. and 9.)
     _http1.Http1Server.send = _send  # type: ignore[method-assign]
     _http1.Http1Server.wait = _wait  # type: ignore[method-assign]
     server.ConnectionHandler.handle_connection = _handle_connection  # type: ignore[method-assign]
     server.ConnectionHandler.drain_writers = _drain_writers  # type: ignore[method-assign]
+    HttpStream.state_stream_response_body = _stream_response_body  # type: ignore[method-assign]
 
 
 def configure(upstream: str, max_body: int) -> None:
@@ -286,6 +319,7 @@ def uninstall() -> None:
     _http1.Http1Server.wait = _original_wait  # type: ignore[method-assign]
     server.ConnectionHandler.handle_connection = _original_handle_connection  # type: ignore[method-assign]
     server.ConnectionHandler.drain_writers = _original_drain_writers  # type: ignore[method-assign]
+    HttpStream.state_stream_response_body = _original_stream_body  # type: ignore[method-assign]
 
 
 def _transports(flow: http.HTTPFlow):

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import hmac
 import logging
-from collections.abc import Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from pathlib import Path
 from typing import Any, Optional
 
@@ -27,6 +27,7 @@ from seedtape.proxy.modes import Mode
 from seedtape.proxy.streams.pacer import Pacer
 from seedtape.proxy.tapes import unused
 from seedtape.proxy.tapes.store import Store, StoreError
+from seedtape.proxy.tapes.writer import GroupWriter
 
 log = logging.getLogger("seedtape")
 log.addFilter(printable.LogEscaper())  # every line: paths and fingerprints come from clients and upstreams
@@ -119,6 +120,8 @@ class Seedtape:
             except StoreError as e:
                 self._refuse_options(str(e))
                 return
+            if self.deck is not None:
+                self.deck.stop_writing()  # what it queued goes to the old store first
             if self.store is not None:
                 self.store.close()
             self.store, self.deck = store, None  # a new store: a new deck (its miss index and use are the store's)
@@ -126,7 +129,7 @@ class Seedtape:
         internals.configure(upstream, values["max_body"])
         settings = options.settings(values, upstream)
         if self.deck is None:
-            self.deck = Tapedeck(self.store, settings)
+            self.deck = Tapedeck(self.store, settings, GroupWriter(self.store))
         elif self.deck.settings != settings:
             self.deck.reconfigure(settings)
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
@@ -282,32 +285,70 @@ class Seedtape:
 
             flow.response.stream = passthrough
         else:
-            status, headers = flow.response.status_code, list(flow.response.headers.items())
+            held = bytearray()  # the stream's end, from the event that completed it: sent once it is recorded
 
-            def tap(data: bytes) -> bytes:
+            def tap(data: bytes) -> Iterable[bytes]:
                 self._arm(flow)  # a stream may stall: the timeout runs from the last event
-                taping, completed = ex.tape is not None, ex.upstream_completed
-                try:
-                    self._deck().feed_stream(ex, data, status, headers)  # records once the upstream completed it
-                except Exception:
-                    log.exception("seedtape: could not tape the stream of %s", wire.log_path(flow.request.path))
-                    ex.unrecorded("taping failed (see the log)")
-                if ex.upstream_completed and not completed and internals.client_left(flow):
-                    flow.metadata[LEFT_EARLY] = True
-                if taping and ex.tape is None and ex.divergence is not None:
-                    self._settle_later(ex, _credentials(flow))
-                return data
+                self._feed(flow, ex, data)
+                if ex.pending is not None or held:  # recording: the client gets the end once it is on disk
+                    held.extend(data)
+                    if data:
+                        return ()  # not b"": mitmproxy would send an empty chunk, which ends a chunked body
+                    out = bytes(held)
+                    held.clear()
+                    return (out,)
+                return (data,) if data else ()
 
             flow.response.stream = tap
+            internals.finish_before_end(flow)  # seedtape_stream_end runs before the tap's last call
             # A client that leaves early (the SDK's .stream() helper at a length finish) does not end the upstream
             # exchange: it is read to its end and recorded if the upstream completes it.
             internals.read_to_end(flow)
         if ex is not None:
             self._add_headers(flow.response, ex)
 
+    def _feed(self, flow: http.HTTPFlow, ex: Exchange, data: bytes) -> None:
+        """The next piece of a taped stream (``b""``: its end); settles its audit event once it is decided."""
+        if ex.tape is None:
+            return
+        completed = ex.upstream_completed
+        assert flow.response is not None, "a tapped stream has a response"
+        try:  # records once the upstream completed it
+            self._deck().feed_stream(ex, data, flow.response.status_code, list(flow.response.headers.items()))
+        except Exception:
+            log.exception("seedtape: could not tape the stream of %s", wire.log_path(flow.request.path))
+            ex.unrecorded("taping failed (see the log)")
+        if ex.upstream_completed and not completed and internals.client_left(flow):
+            flow.metadata[LEFT_EARLY] = True
+        if ex.tape is None and ex.pending is None and ex.divergence is not None:
+            self._settle_later(ex, _credentials(flow))
+
+    async def seedtape_stream_end(self, flow: http.HTTPFlow) -> None:
+        """A taped stream's upstream answer ended: it is recorded (on disk) before the client gets its end."""
+        ex: Exchange | None = flow.metadata.get(EXCHANGE)
+        if ex is not None:
+            self._feed(flow, ex, b"")  # a stream that ends without a final event is complete only now
+            await self._seedtape_stream_end(flow, ex)
+
+    async def _seedtape_stream_end(self, flow: http.HTTPFlow, ex: Exchange) -> None:
+        if ex.pending is None:
+            return
+        if not await self._deck().committed(ex):
+            self._not_written(flow, ex)
+        if ex.divergence is not None:
+            self._settle_later(ex, _credentials(flow))
+
+    @staticmethod
+    def _not_written(flow: http.HTTPFlow, ex: Exchange) -> None:
+        log.warning("seedtape: %s %s: %s", flow.request.method, wire.log_path(flow.request.path), ex.note)
+
     def _settle_later(self, ex: Exchange, auth: dict[str, str]) -> None:
         """A stream's verdict is known after its headers left: its audit event is stored in the background."""
-        task = asyncio.get_running_loop().create_task(self._settle(ex, auth))
+        self._later(self._settle(ex, auth))
+
+    def _later(self, work) -> None:
+        """Run ``work`` in the background; ``done`` waits for it."""
+        task = asyncio.get_running_loop().create_task(work)
         self._pending.add(task)
         task.add_done_callback(self._pending.discard)
 
@@ -317,26 +358,36 @@ class Seedtape:
         except Exception:
             log.exception("seedtape: could not store the audit event of key=%s", ex.key[:12])
 
-    async def response(self, flow: http.HTTPFlow) -> None:
+    def response(self, flow: http.HTTPFlow) -> Awaitable[None] | None:
+        """Record a live JSON answer before it goes out; returns the work to await (mitmproxy awaits it).
+
+        Not a coroutine function: a hit, a stream (taped as it passed) or a passthrough is
+        finished here at once, without a coroutine per request."""
         self._disarm(flow)
-        self.in_flight.remove(flow)
         internals.release(flow)
-        if flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED) or flow.response is None:
-            return
         ex: Exchange | None = flow.metadata.get(EXCHANGE)
-        if ex is None:
-            return
-        if flow.response.stream:  # taped (and recorded) by the tap as the body passed
-            self._log(ex, flow.response.status_code, left=bool(flow.metadata.get(LEFT_EARLY)))
-            return
         resp = flow.response
+        if ex is None or resp is None or flow.metadata.get(OWN_REPLY) or flow.metadata.get(PACED):
+            self.in_flight.remove(flow)
+            return None
+        if resp.stream:  # taped (and recorded) by the tap as the body passed
+            self.in_flight.remove(flow)
+            self._log(ex, resp.status_code, left=bool(flow.metadata.get(LEFT_EARLY)))
+            return None
+        return self._record_answer(flow, ex, resp)
+
+    async def _record_answer(self, flow: http.HTTPFlow, ex: Exchange, resp: http.Response) -> None:
         try:
             content = resp.get_content(strict=False) or b""
             self._deck().finish(ex, resp.status_code, list(resp.headers.items()), content)
+            if not await self._deck().committed(ex):  # the client gets its answer once the recording is on disk
+                self._not_written(flow, ex)
             await self._deck().settle(ex, _credentials(flow))
         except Exception:
             log.exception("seedtape: could not record %s %s", flow.request.method, wire.log_path(flow.request.path))
             ex.unrecorded("recording failed (see the log)")
+        finally:
+            self.in_flight.remove(flow)  # a graceful stop waits for the recording too
         self._add_headers(resp, ex)
         self._log(ex, resp.status_code)
 
@@ -348,6 +399,8 @@ class Seedtape:
         msg = internals.describe_error(flow.error.msg if flow.error else "unknown error", self.values.get("max_body", 0))
         path = wire.log_path(flow.request.path)
         if ex is not None and ex.upstream_completed:  # e.g. the SDK hangs up at [DONE]: an ordinary exchange
+            if ex.pending is not None:  # cut before its end was sent: the recording still lands
+                self._later(self._seedtape_stream_end(flow, ex))
             status = flow.response.status_code if flow.response is not None else 200
             self._log(ex, status, left=bool(flow.metadata.get(LEFT_EARLY)))
             return

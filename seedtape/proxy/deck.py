@@ -7,6 +7,7 @@ hands in the upstream's answer (or a stream, piece by piece) to be recorded.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import hashlib
 import json
@@ -33,13 +34,17 @@ from seedtape.proxy.tapes import scrub
 from seedtape.proxy.tapes.entry import TapeEntry, fingerprint_problem, recordable_status
 from seedtape.proxy.tapes.responseids import ResponseIds, response_of
 from seedtape.proxy.tapes.store import Store
+from seedtape.proxy.tapes.writer import GroupWriter
 
 
 class Tapedeck:
     """Applies the mode to requests and records what the upstream answers."""
 
-    def __init__(self, store: Store, settings: Settings):
+    def __init__(self, store: Store, settings: Settings, writer: GroupWriter | None = None):
+        """``writer``: recordings and events are committed by it, in groups, off the caller's thread
+        (the proxy); without one they are written at once (tools, tests)."""
         self.store = store
+        self.writer = writer
         self.settings = settings
         self._salt_cache: bytes | None = None
         self.index = nearest.NearestIndex(store)  # reads the store's miss index, for explaining misses
@@ -47,6 +52,7 @@ class Tapedeck:
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
         self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
         self.occurrences: Counter[tuple[str, str]] = Counter()  # (scope, key): identical requests seen so far
+        self._after_commit: dict[int, Callable[[TapeEntry | None], None]] = {}  # id(exchange) -> its last step
 
     def reconfigure(self, settings: Settings) -> None:
         """New option values; what was served and the miss index stay (they describe this run and store)."""
@@ -364,7 +370,10 @@ class Tapedeck:
             live_output=ex.live_output,
             embedding_distance=ex.embedding_distance,
         )
-        self.store.add_event(event)
+        if self.writer is None:
+            self.store.add_event(event)
+        else:
+            await asyncio.wrap_future(self.writer.submit(self.store.adding_event(event)))
         return event
 
     def _record(
@@ -397,7 +406,15 @@ class Tapedeck:
             upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
             extra=extra,
         )
-        replaced = self.store.replace(entry)
+        if self.writer is None:
+            self._recorded(ex, entry, self.store.replace(entry), fmt, content)
+        else:  # the exchange waits for it (committed) before its client gets the end of the answer
+            ex.pending = self.writer.submit(self.store.replacing(entry))
+            self._after_commit[id(ex)] = lambda replaced: self._recorded(ex, entry, replaced, fmt, content)
+        return ex
+
+    def _recorded(self, ex: Exchange, entry: TapeEntry, replaced: TapeEntry | None, fmt: str, content: bytes) -> None:
+        """The recording is on disk: the exchange is recorded (and compared with what it replaced)."""
         if ex.dialect is dialects.RESPONSES:
             self.response_ids.add(entry)
         ex.status = Status.RECORDED
@@ -406,11 +423,36 @@ class Tapedeck:
             # Recorded meanwhile by someone else (another proxy, a concurrent request): compare as audit would.
             ex.recorded = replaced
             self._compare(ex, fmt, content)
-        return ex
+
+    async def committed(self, ex: Exchange) -> bool:
+        """Wait until the exchange's recording, handed to the writer, is on disk (no-op without one).
+
+        False when the write failed: the exchange is then unrecorded, with the reason as its note.
+        """
+        fut = ex.pending
+        if fut is None:
+            return True
+        after = self._after_commit.pop(id(ex))
+        try:
+            replaced = await asyncio.wrap_future(fut)
+        except Exception as e:
+            ex.pending = None
+            ex.unrecorded(f"recording failed: {type(e).__name__}: {e}")
+            return False
+        ex.pending = None
+        after(replaced)
+        return True
+
+    def stop_writing(self) -> None:
+        """Write what is queued and stop the writer (before its store is closed)."""
+        if self.writer is not None:
+            self.writer.close()
 
     async def close(self) -> None:
         if self.embedder is not None:
             await self.embedder.close()
+        if self.writer is not None:
+            await asyncio.to_thread(self.writer.close)
 
 
 def _placeholder_key(headers: dict[str, str]) -> bool:

@@ -8,6 +8,7 @@ and the log line it produces are decided in the core.
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
 
@@ -76,6 +77,7 @@ class Exchange:
     fingerprint: str = ""
     started: float = field(default_factory=time.monotonic)
     upstream_completed: bool = False  # the upstream sent its whole answer (a stream: up to its end)
+    pending: Future | None = None  # its recording, handed to the store's writer and not yet on disk
     note: str = ""  # why something was not recorded, for the log
 
     @property
@@ -114,8 +116,8 @@ class Exchange:
 
     def failed(self, why: str) -> None:
         """The exchange broke (connection lost, upstream cut, timed out): nothing is recorded."""
-        if self.status is Status.RECORDED:
-            return  # the upstream had completed it: the recording stands
+        if self.status is Status.RECORDED or self.pending is not None:
+            return  # the upstream had completed it: the recording stands (or is being written)
         self.tape = None
         self.status, self.note = Status.ERROR, why
 
