@@ -47,6 +47,13 @@
    upstream's answer ends, before the callable's last call: the tap holds back the stream's end
    (from the event that completed it) until then.
 
+10. Several workers on one port (`seedtape serve --workers N`, seedtape/cli/workers.py): mitmproxy
+   opens its listening socket itself (``mode_servers.AsyncioServerInstance.listen``) with no
+   option for ``SO_REUSEPORT``. In a worker only, :func:`listen_shared` gives reverse mode's
+   server instance (``mode_servers.ReverseInstance``) a ``listen`` that opens it with
+   ``reuse_port=True``, so the kernel spreads new connections over the workers (TCP only: the UDP
+   listener mitmproxy adds for HTTP/3 cannot share a port, and seedtape's port speaks HTTP/1.1).
+
 :func:`install` checks every symbol it patches or reads and fails loudly at start-up
 when one is missing. tests/test_proxy_e2e.py (upstream unreachable),
 tests/test_faults.py (timeouts, clients leaving a stream), tests/test_connections.py
@@ -380,6 +387,29 @@ def describe_error(message: str, max_body: int) -> str:
         side = "response" if "response" in message.lower() else "request"
         return f"the {side} body is larger than --max-body ({max_body} bytes)"
     return message
+
+
+async def _listen_reuse_port(self, host: str, port: int) -> list:
+    """AsyncioServerInstance.listen for one TCP listener that shares its port (docstring, 10.). Without
+    the UDP (HTTP/3) listener reverse mode adds for an http(s) upstream: seedtape's clients speak HTTP/1.1."""
+    if self.mode.transport_protocol not in ("tcp", "both") or port == 0:  # the supervisor always names the port
+        raise RuntimeError(
+            f"a worker listens over TCP on the port its supervisor chose, not {port}/{self.mode.transport_protocol}"
+        )
+    return [await asyncio.start_server(self.handle_stream, host, port, reuse_port=True)]
+
+
+def listen_shared() -> None:
+    """Listen with SO_REUSEPORT in reverse mode, in this process (a worker of `serve --workers N`)."""
+    from mitmproxy.proxy import mode_servers
+
+    instance = getattr(mode_servers, "ReverseInstance", None)
+    if not callable(getattr(instance, "listen", None)) or not callable(getattr(instance, "handle_stream", None)):
+        raise RuntimeError(
+            "this mitmproxy lacks mode_servers.ReverseInstance.listen/handle_stream, which seedtape's workers "
+            "replace: install mitmproxy 12 (pip install 'mitmproxy>=12,<13')"
+        )
+    instance.listen = _listen_reuse_port  # type: ignore[union-attr]
 
 
 class StartError(Exception):

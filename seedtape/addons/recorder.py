@@ -19,7 +19,7 @@ from mitmproxy import ctx, exceptions, http
 
 from seedtape.addons import internals
 from seedtape.addons.shutdown import EXCHANGE, InFlight
-from seedtape.proxy import bodies, errors, options, printable, wire
+from seedtape.proxy import bodies, errors, options, printable, wire, workerrun
 from seedtape.proxy.deck import Tapedeck
 from seedtape.proxy.exchange import Exchange
 from seedtape.proxy.headers import CREDENTIAL_HEADERS
@@ -174,7 +174,13 @@ class Seedtape:
         if self._pending:
             await asyncio.gather(*self._pending, return_exceptions=True)
         report = self.values.get("report_unused", "")
-        if report and self.deck is not None and self.store is not None:
+        run = workerrun.current()
+        if run is not None and self.deck is not None:  # a worker: the supervisor writes the one report
+            try:
+                run.save_served(self.deck.served)
+            except OSError as e:
+                log.error("seedtape: could not save what this worker served in %s: %s", run.directory, e)
+        elif report and self.deck is not None and self.store is not None:
             try:
                 n = unused.write_report(self.store, self.deck.served, report)
                 log.info("seedtape: %d recordings were not used in this run: listed in %s", n, report)

@@ -74,7 +74,7 @@ def serve(**values) -> None:
             o.validate(values[o.name])
         except ValueError as e:
             raise click.BadParameter(str(e), param_hint=o.cli_flag) from None
-    upstream, host, port = values["upstream"].rstrip("/"), values["host"], values["port"]
+    host, port = values["host"], values["port"]
     if not wire.is_loopback(host) and not values["auth_token"]:
         raise click.BadParameter(
             f"{host} is reachable from other machines: set --auth-token (clients send it in the seedtape-token "
@@ -83,6 +83,17 @@ def serve(**values) -> None:
         )
     if port and (why := _cannot_listen(host, port)):
         raise click.UsageError(f"cannot listen on {host}:{port}: {why}. Pick another --port (0 picks a free one).")
+    if values["workers"] > 1:
+        from seedtape.cli import workers
+
+        sys.exit(workers.supervise(values))
+    run(values)
+
+
+def run(values: dict, *, shared_port: bool = False) -> None:
+    """Serve with checked option values until stopped. ``shared_port``: a worker of `serve --workers N`
+    (seedtape/cli/workers.py), listening on a port it shares with the others."""
+    upstream, host, port = values["upstream"].rstrip("/"), values["host"], values["port"]
     mitm = {o.mitmproxy_name: o.to_text(values[o.name]) for o in options.offered("mitmproxy") if o.name in values}
     mitm.update(
         mode=[f"reverse:{upstream}"],
@@ -94,9 +105,11 @@ def serve(**values) -> None:
         termlog_verbosity="warn" if values["quiet"] else "info",
     )
     logging.getLogger("seedtape").setLevel(logging.WARNING if values["quiet"] else logging.INFO)
-    from seedtape.addons.internals import StartError, run_lean
+    from seedtape.addons.internals import StartError, listen_shared, run_lean
     from seedtape.addons.recorder import Seedtape
 
+    if shared_port:
+        listen_shared()
     try:
         asyncio.run(run_lean(mitm, Seedtape(report_errors=False), grace=values["grace"]))
     except StartError as e:  # a store that cannot be opened, a bad option: one clear line, not a traceback

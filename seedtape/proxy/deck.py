@@ -12,7 +12,6 @@ import dataclasses
 import hashlib
 import json
 import time
-from collections import Counter
 from collections.abc import Callable
 from urllib.parse import parse_qsl
 
@@ -23,7 +22,7 @@ from seedtape.proxy.dialects import responsestate
 from seedtape.proxy.exchange import Exchange, Reply, Status
 from seedtape.proxy.explain import nearest
 from seedtape.proxy.headers import CREDENTIAL_HEADERS, safe_headers
-from seedtape.proxy.key import keyrules, requestbody, routing
+from seedtape.proxy.key import keyrules, occurrences, requestbody, routing
 from seedtape.proxy.key.canonical import CanonicalRequest, canonicalize, normalize_path
 from seedtape.proxy.key.seed import SeedPolicy
 from seedtape.proxy.modes import Mode
@@ -51,7 +50,7 @@ class Tapedeck:
         self.served: set[tuple[str, str]] = set()  # (key, fingerprint) of every entry replayed or recorded in this run
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
         self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
-        self.occurrences: Counter[tuple[str, str]] = Counter()  # (scope, key): identical requests seen so far
+        self.occurrences = occurrences.for_this_process()  # (scope, key): identical requests seen so far
         self._after_commit: dict[int, Callable[[TapeEntry | None], None]] = {}  # id(exchange) -> its last step
 
     def reconfigure(self, settings: Settings) -> None:
@@ -193,8 +192,7 @@ class Tapedeck:
 
     def _count(self, scope: str, key: str) -> int:
         """--repeats sequence: which occurrence of this request in its scope this one is (1, 2, ...)."""
-        self.occurrences[(scope, key)] += 1
-        return self.occurrences[(scope, key)]
+        return self.occurrences.next(scope, key)
 
     def _credential(self, headers: dict[str, str]) -> str:
         """With key_by_credential: who is asking, as a salted hash (the raw key is never kept)."""

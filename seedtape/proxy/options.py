@@ -285,6 +285,17 @@ OPTIONS: tuple[Option, ...] = (
         metavar="SECONDS",
         where=SERVE,
     ),
+    Option(
+        "workers",
+        int,
+        1,
+        "Run N proxy processes on the same port and store (several cores for replay); --repeats sequence, "
+        "--report-unused and the stop cover them all.",
+        minimum=1,
+        maximum=64,
+        metavar="N",
+        where=SERVE,
+    ),
     Option("quiet", bool, False, "Log warnings only, not one line per request.", short="-q", where=SERVE),
 )
 
