@@ -9,12 +9,15 @@ Then, for each store, `python -m seedtape serve --mode replay --quiet --port 0` 
 in this process (http.client, one keep-alive connection to 127.0.0.1, sequential calls) measures:
 
 - start-up: from starting the process to its "OPENAI_BASE_URL=" line;
-- hit p50/p99: the same recorded request --hits times (default 2000) after 200 warm-up calls;
+- hit p50/p99: the same recorded request --hits times (default 2000) after 200 warm-up calls, both
+  proxies running, in --rounds interleaved rounds (the order alternates; medians over the rounds),
+  so that other work on the machine weighs on both stores alike;
 - the first explained miss (a near variant of a recorded request: another temperature), the
   p50/p99 of the next 200 (each a variant of another recording: temperature, model, a word of
   the prompt), checking that the nearest named is the recording varied;
 - RSS (VmRSS of /proc/PID/status, with its anonymous and file-mapped parts) after --misses
-  (default 10,000) explained misses in all, on the large store;
+  (default 10,000) explained misses in all, on the large store (a miss releases the store pages it
+  touched: store.py's _release_pages);
 - the store size (data.mdb) and the part of it the miss index takes (its LMDB pages).
 
 Goals (issue 15): hit p50 on N entries within 10% of 1,000; first miss within 1 s and later misses
@@ -28,6 +31,7 @@ from __future__ import annotations
 import argparse
 import http.client
 import json
+import os
 import random
 import statistics
 import sys
@@ -173,50 +177,64 @@ def pct(xs: list[float], q: float) -> float:
     return xs[min(len(xs) - 1, int(len(xs) * q))]
 
 
-def measure(path: str, n: int, hits: int, misses: int) -> dict:
+def start(path: str) -> tuple[Proxy, float]:
     t0 = time.perf_counter()
     p = Proxy(["--mode", "replay", "--store", path, "--quiet"], timeout=120)
-    out: dict = {"startup_s": time.perf_counter() - t0}
-    try:
-        c = Client(p.origin)
-        hit = request_body(n // 2)
+    return p, time.perf_counter() - t0
+
+
+def hit_rounds(proxies: dict[int, Proxy], hits: int, rounds: int) -> dict[int, dict]:
+    """Hit latency of each proxy, in interleaved rounds (the order alternates): median and p99 per round."""
+    clients = {n: Client(p.origin) for n, p in proxies.items()}
+    bodies = {n: request_body(n // 2) for n in proxies}
+    for n, c in clients.items():
         for _ in range(200):
-            _, status, headers, _ = c.post(hit)
+            _, status, headers, _ = c.post(bodies[n])
             assert status == 200 and headers.get("seedtape-status") == "hit", (status, headers)
-        times = [c.post(hit)[0] for _ in range(hits)]
-        out["hit_p50"], out["hit_p99"] = statistics.median(times), pct(times, 0.99)
-        rnd = random.Random(n)
-        wrong = 0
+    per: dict[int, dict] = {n: {"p50": [], "p99": []} for n in proxies}
+    order = list(proxies)
+    for r in range(rounds):
+        for n in order if r % 2 == 0 else order[::-1]:
+            times = [clients[n].post(bodies[n])[0] for _ in range(max(1, hits // rounds))]
+            per[n]["p50"].append(statistics.median(times))
+            per[n]["p99"].append(pct(times, 0.99))
+    return {
+        n: {"hit_p50": statistics.median(v["p50"]), "hit_p99": statistics.median(v["p99"]), "rounds": v["p50"]}
+        for n, v in per.items()
+    }
 
-        def miss(j: int) -> float:
-            nonlocal wrong
-            i = rnd.randrange(n)
-            ms, status, headers, _ = c.post(variant(i, j % 3))
-            assert status == 404, status
-            expected = canonicalize("POST", "/v1/chat/completions", "", request_body(i)).key[:12]
-            if f"#1 {expected}" not in headers.get("seedtape-miss", ""):
-                wrong += 1
-            return ms
 
-        out["first_miss_ms"] = miss(0)
-        later = [miss(j) for j in range(1, 201)]
-        out["miss_p50"], out["miss_p99"] = statistics.median(later), pct(later, 0.99)
-        for j in range(201, misses):
-            miss(j)
-        out["misses"] = max(misses, 201)
-        out["wrong_nearest"] = wrong
-        out["rss"] = rss(p.proc.pid)
-        times = [c.post(hit)[0] for _ in range(hits)]
-        out["hit_p50_after"] = statistics.median(times)
-    finally:
-        p.stop()
+def misses_of(p: Proxy, n: int, misses: int) -> dict:
+    c = Client(p.origin)
+    rnd = random.Random(n)
+    wrong = 0
+
+    def miss(j: int) -> float:
+        nonlocal wrong
+        i = rnd.randrange(n)
+        ms, status, headers, _ = c.post(variant(i, j % 3))
+        assert status == 404, status
+        expected = canonicalize("POST", "/v1/chat/completions", "", request_body(i)).key[:12]
+        if f"#1 {expected}" not in headers.get("seedtape-miss", ""):
+            wrong += 1
+        return ms
+
+    out: dict = {"first_miss_ms": miss(0)}
+    later = [miss(j) for j in range(1, 201)]
+    out["miss_p50"], out["miss_p99"] = statistics.median(later), pct(later, 0.99)
+    for j in range(201, misses):
+        miss(j)
+    out["misses"] = max(misses, 201)
+    out["wrong_nearest"] = wrong
+    out["rss"] = rss(p.proc.pid)
     return out
 
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--entries", type=int, default=1_000_000)
-    ap.add_argument("--hits", type=int, default=2000)
+    ap.add_argument("--hits", type=int, default=2000, help="hits per store, split over --rounds interleaved rounds")
+    ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--misses", type=int, default=10_000, help="explained misses on the large store before RSS is read")
     ap.add_argument("--keep", default=None, help="build the stores in DIR and keep them (reused when present)")
     a = ap.parse_args()
@@ -228,12 +246,27 @@ def main() -> None:
             if not (Path(path) / "data.mdb").exists():
                 print(f"building a store of {n} entries ...", flush=True)
                 print(f"  {n} entries in {build(path, n):.0f}s", flush=True)
-        results = {}
-        for path, n, misses in ((small, SMALL, 201), (big, a.entries, a.misses)):
-            results[n] = r = measure(path, n, a.hits, misses)
-            size, index = sizes(path)
-            r["size"], r["index"] = size, index
+        results: dict[int, dict] = {}
+        proxies: dict[int, Proxy] = {}
+        try:
+            for path, n in ((small, SMALL), (big, a.entries)):
+                proxies[n], startup = start(path)
+                results[n] = {"startup_s": startup}
+            for n, r in hit_rounds(proxies, a.hits, a.rounds).items():
+                results[n].update(r)
+            for path, n, misses in ((small, SMALL, 201), (big, a.entries, a.misses)):
+                results[n].update(misses_of(proxies[n], n, misses))
+                results[n]["size"], results[n]["index"] = sizes(path)
+            for n, r in hit_rounds(proxies, a.hits, a.rounds).items():
+                results[n]["hit_p50_after"] = r["hit_p50"]
+        finally:
+            for p in proxies.values():
+                p.stop()
         s, b = results[SMALL], results[a.entries]
+        print(f"load average at the end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+        print(
+            f"hit p50 per round (ms): {SMALL}: {[round(x, 3) for x in s['rounds']]}; {a.entries}: {[round(x, 3) for x in b['rounds']]}"
+        )
         print(f"\n{'':<36} {SMALL:>14} {a.entries:>14}")
         rows = [
             ("store size (MiB)", "size", 1 / 2**20, ".1f"),

@@ -473,3 +473,34 @@ def test_a_recording_committed_late_never_has_a_first_time_after_its_own(store):
     got = store.put(make_entry(key, "fp_a", b"earlier", recorded_at=150.0))
     assert got.first_recorded_at == 150.0 <= got.recorded_at
     assert store.get(key, "fp_a").times_recorded == 2
+
+
+def test_get_hands_out_a_decoded_entry_again_only_while_its_bytes_are_unchanged(tmp_path, monkeypatch):
+    with Store(tmp_path / "s") as st:
+        st.put(make_entry(body=b'{"n": 1}'))
+        decodes = []
+        real = TapeEntry.decode
+        monkeypatch.setattr(TapeEntry, "decode", staticmethod(lambda raw: decodes.append(1) or real(raw)))
+        first = st.get("k" * 64)
+        assert st.get("k" * 64) is first and st.get("k" * 64, "fp_a") is first
+        assert len(decodes) == 1  # a repeated hit is not decoded again
+        st.put(make_entry(body=b'{"n": 2}'))  # re-recorded: new bytes under the same key
+        assert st.get("k" * 64).body == b'{"n": 2}'
+        st.put(make_entry(fingerprint="fp_b", body=b'{"n": 3}'))  # a newer fingerprint is served
+        assert st.get("k" * 64).body == b'{"n": 3}'
+        st.delete("k" * 64, "fp_b")
+        st.delete("k" * 64, "fp_a")
+        assert st.get("k" * 64) is None
+
+
+def test_the_decoded_entries_kept_are_bounded(tmp_path):
+    from seedtape.proxy.tapes import store as store_module
+
+    with Store(tmp_path / "s") as st:
+        for i in range(store_module.DECODED_ENTRIES + 50):
+            st.put(make_entry(key=f"{i:064x}"))
+            assert st.get(f"{i:064x}") is not None
+        st.put(make_entry(key="b" * 64, body=os.urandom(store_module.DECODED_MAX_BYTES + 1)))  # incompressible
+        assert st.get("b" * 64) is not None
+        assert len(st._decoded) == store_module.DECODED_ENTRIES
+        assert b"b" * 64 + b"\0fp_a" not in st._decoded  # too big to keep

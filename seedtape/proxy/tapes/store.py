@@ -43,6 +43,7 @@ from seedtape.proxy.tapes.entry import CorruptEntry, TapeEntry
 SCHEMA_VERSION = 3
 _READABLE = (b"1", b"2", str(SCHEMA_VERSION).encode())
 UNINDEXED_SAMPLE = 5000  # request keys compared at a miss on a store without a miss index (read-only, schema < 3)
+DECODED_ENTRIES, DECODED_MAX_BYTES = 512, 256 * 1024  # get's decoded entries kept: how many, how big at most
 DEFAULT_MAP_SIZE = 256 * 1024 * 1024
 MAX_MAP_SIZE = 1 << 40
 
@@ -93,6 +94,7 @@ class Store:
         near, paths = (self._open_db(n, readonly, optional=True, dupsort=True) for n in (b"near", b"paths"))
         # None: a store of schema < 3 opened read-only (a writable open builds the index in _check_schema)
         self._index = missindex.MissIndex(near, paths) if near is not None and paths is not None else None
+        self._decoded: dict[bytes, tuple[bytes, TapeEntry]] = {}  # get's decoded entries, by entry key
         self._check_schema(readonly)
 
     # -- plumbing ---------------------------------------------------------
@@ -350,19 +352,37 @@ class Store:
         return json.loads(raw)["fingerprint"] if raw else None
 
     def get(self, key: str, fingerprint: str | None = None) -> TapeEntry | None:
-        """The entry for key under ``fingerprint``, or under its newest fingerprint."""
+        """The entry for key under ``fingerprint``, or under its newest fingerprint.
 
-        def read(txn: lmdb.Transaction[bytes]) -> bytes | None:
+        Decoded entries are kept (a few hundred of them, keyed by their stored bytes) and handed out
+        again while the store holds the same bytes: a replay hit then skips decompressing and
+        parsing. The entry returned may be shared with later calls: read it, never change it.
+        """
+
+        def read(txn: lmdb.Transaction[bytes]) -> tuple[bytes, bytes] | None:
             fp = fingerprint
             if fp is None:
                 raw = txn.get(key.encode(), db=self._latest)
                 if raw is None:
                     return None
                 fp = orjson.loads(raw)["fingerprint"]  # written by _offer_latest: plain ASCII JSON
-            return txn.get(_entry_key(key, fp), db=self._entries)
+            k = _entry_key(key, fp)
+            raw = txn.get(k, db=self._entries)
+            return None if raw is None else (k, raw)
 
-        raw = self._read(read)
-        return TapeEntry.decode(raw) if raw is not None else None
+        found = self._read(read)
+        if found is None:
+            return None
+        k, raw = found
+        cached = self._decoded.get(k)
+        if cached is not None and cached[0] == raw:  # the same stored bytes: the same entry
+            return cached[1]
+        entry = TapeEntry.decode(raw)
+        if len(raw) <= DECODED_MAX_BYTES:
+            if len(self._decoded) >= DECODED_ENTRIES:
+                del self._decoded[next(iter(self._decoded))]  # the oldest
+            self._decoded[k] = (raw, entry)
+        return entry
 
     def fingerprints(self, key: str) -> list[str]:
         prefix = f"{key}\0".encode()
