@@ -8,6 +8,7 @@ from seedtape import __version__
 from seedtape.cli.audit import audit_cmd, events
 from seedtape.cli.explain import diff_cmd, explain
 from seedtape.cli.inspection import ls, show, stats
+from seedtape.cli.remote import pull, push
 from seedtape.cli.serve import serve
 from seedtape.cli.tapes import export_cmd, import_cmd, prune
 
@@ -18,7 +19,7 @@ def cli() -> None:
     """seedtape: record, replay and audit OpenAI-compatible API calls."""
 
 
-for command in (serve, ls, show, stats, explain, diff_cmd, audit_cmd, events, export_cmd, import_cmd, prune):
+for command in (serve, ls, show, stats, explain, diff_cmd, audit_cmd, events, export_cmd, import_cmd, prune, push, pull):
     cli.add_command(command)
 
 main = cli
