@@ -38,7 +38,14 @@ PACED = "seedtape_paced"  # flow.metadata mark: served by the pacer, not to be r
 LEFT_EARLY = "seedtape_left_early"  # flow.metadata mark: the client left before the upstream completed the stream
 
 _MITM_TYPES: dict[type, Any] = {str: str, int: str, float: str, bool: bool, list: Sequence[str]}  # see Option.to_text
-_STORE_OPTIONS = {"seedtape_store", "seedtape_map_size"}
+_STORE_OPTIONS = {  # a change of one of these builds a new deck
+    "seedtape_store",
+    "seedtape_map_size",
+    "seedtape_remote",
+    "seedtape_remote_prefix",
+    "seedtape_remote_readonly",
+    "seedtape_remote_required",
+}
 
 
 def upstream_of(modes: Sequence[str]) -> str:
@@ -108,7 +115,7 @@ class Seedtape:
                 f"seedtape: listening on {ctx.options.listen_host or 'every interface'} would let other machines use "
                 "this proxy and its store: add --listen-host 127.0.0.1, or --set seedtape_auth_token=TOKEN"
             )
-        if Mode(values["mode"]) is Mode.REPLAY and not (Path(values["store"]) / "data.mdb").exists():
+        if Mode(values["mode"]) is Mode.REPLAY and not values["remote"] and not (Path(values["store"]) / "data.mdb").exists():
             self._refuse_options(
                 f"--mode replay serves recordings only, but there is no store at {values['store']} "
                 "(a typo in --store?): record into it with --mode auto, or `seedtape import` tapes into it"
@@ -122,6 +129,8 @@ class Seedtape:
                 return
             if self.deck is not None:
                 self.deck.stop_writing()  # what it queued goes to the old store first
+                if self.deck.shared is not None:
+                    self.deck.shared.stop()
             if self.store is not None:
                 self.store.close()
             self.store, self.deck = store, None  # a new store: a new deck (its miss index and use are the store's)
@@ -129,12 +138,40 @@ class Seedtape:
         internals.configure(upstream, values["max_body"])
         settings = options.settings(values, upstream)
         if self.deck is None:
-            self.deck = Tapedeck(self.store, settings, GroupWriter(self.store))
+            try:
+                shared = self._shared(values)
+            except ValueError as e:
+                self._refuse_options(f"--remote: {e}")
+                return
+            if self.refusal:
+                return
+            after = shared.push_queued if shared is not None else None
+            self.deck = Tapedeck(self.store, settings, GroupWriter(self.store, after=after), shared)
         elif self.deck.settings != settings:
             self.deck.reconfigure(settings)
         if "connection_strategy" in ctx.options and ctx.options.connection_strategy != "lazy":
             # Eager connects break offline replay and drop clients when the upstream is down.
             ctx.options.connection_strategy = "lazy"
+
+    def _shared(self, values: dict[str, Any]):
+        """The remote tier for --remote (None without one); with --remote-required, refused while it does not answer."""
+        if not values["remote"]:
+            return None
+        from seedtape.proxy.tapes.remote import Remote, RemoteConfig, RemoteError
+        from seedtape.proxy.tapes.shared import SharedTier
+
+        assert self.store is not None, "configure opened the store first"
+        wait = values["upstream_timeout"]  # a hung Redis holds a client no longer than the upstream may
+        config = RemoteConfig(values["remote"], values["remote_prefix"], values["remote_readonly"], min(wait or 5.0, 5.0))
+        remote = Remote(config)
+        if values["remote_required"]:
+            try:
+                remote.ping()
+            except RemoteError as e:
+                remote.close()
+                self._refuse_options(f"{e} (--remote-required: not starting without it)")
+                return None
+        return SharedTier(self.store, remote, values["remote_readonly"]).start()
 
     def _refuse_options(self, why: str) -> None:
         """A bad value: rolled back when it changes a running proxy; at start-up, refused (see __init__)."""
@@ -161,7 +198,7 @@ class Seedtape:
         seed = s.seed.seed if s.seed.inject else "off"
         if s.mode is Mode.REPLAY:  # replay never contacts the upstream: naming one would mislead
             log.info("seedtape: mode=replay store=%s seed=%s (offline: the upstream is never contacted)", self.store.path, seed)
-            if self.store.stats_counts()["entries"] == 0:  # never a scan: a store may hold millions
+            if self.store.stats_counts()["entries"] == 0 and self.deck.shared is None:  # never a scan: a store may hold millions
                 log.warning(
                     "seedtape: the store at %s holds no recordings: in replay mode every request will miss "
                     "(record with --mode auto, or `seedtape import` tapes, first)",
@@ -169,6 +206,8 @@ class Seedtape:
                 )
         else:
             log.info("seedtape: mode=%s store=%s upstream=%s seed=%s", s.mode.value, self.store.path, s.upstream, seed)
+        if (tier := self.deck.shared) is not None:
+            log.info("seedtape: remote tier %s%s", tier.name, " (read-only)" if tier.readonly else "")
 
     async def done(self) -> None:
         if self._pending:
@@ -189,7 +228,9 @@ class Seedtape:
         if self.pacer is not None:
             await self.pacer.stop()
         if self.deck is not None:
-            await self.deck.close()
+            await self.deck.close()  # its writer pushes what it committed last
+            if self.deck.shared is not None:
+                await asyncio.to_thread(self.deck.shared.stop)
         if self.store is not None:
             self.store.close()
             self.store = None

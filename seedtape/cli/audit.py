@@ -13,9 +13,11 @@ import click
 
 from seedtape.cli import htmlreport, output
 from seedtape.cli.inspection import count, last_user_words, open_store, store_option, when
+from seedtape.cli.remoteopts import open_remote, remote_options, unreachable
 from seedtape.proxy.audit import sampler as core
 from seedtape.proxy.audit.divergence import VERDICTS
 from seedtape.proxy.tapes.entryfilter import EntryFilter
+from seedtape.proxy.tapes.remote import RemoteError
 from seedtape.proxy.tapes.store import Store, StoreError
 
 _UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800}
@@ -161,6 +163,7 @@ def print_table(report: core.AuditReport) -> None:
     help="Exit 1 when the share of samples with VERDICT (drift, nondeterminism, fingerprint-only) "
     "exceeds SHARE, e.g. --fail-on drift=0 --fail-on nondeterminism=10%.",
 )
+@remote_options(required=False)
 def audit_cmd(**options) -> None:
     """Re-send stored requests live, compare the answers with the recordings, report drift.
 
@@ -194,8 +197,12 @@ def _audit(
     json_file,
     html_file,
     fail_on,
+    remote_url,
+    remote_prefix,
+    remote_timeout,
 ) -> None:
     thresholds = parse_thresholds(fail_on)
+    remote = open_remote(remote_url, remote_prefix, remote_timeout) if remote_url else None
     query = [_query_pair(q) for q in extra_query]
     try:
         st = Store(store)
@@ -212,6 +219,7 @@ def _audit(
         key = os.environ.get(api_key_env, "")
         if not key:
             output.echo(f"seedtape audit: ${api_key_env} is not set: requests go to {upstream} without an API key", err=True)
+        started = time.time()
         with click.progressbar(length=len(entries) * repeats, label="auditing", file=sys.stderr) as bar:
             report = asyncio.run(
                 core.run(
@@ -230,6 +238,15 @@ def _audit(
                 )
             )
         events = st.events()
+    if remote is not None:  # this audit's events join the fleet's, and the report shows the fleet's
+        with remote:
+            try:
+                for event in events:
+                    if event.get("source") == "audit" and event.get("time", 0) >= started:
+                        remote.add_event(event)
+                events = remote.events()
+            except RemoteError as err:
+                unreachable(err)
     if json_file:
         click.open_file(json_file, "w").write(core.dumps(report) + "\n")
     if html_file:
@@ -272,15 +289,24 @@ def _first_error(report: core.AuditReport) -> str:
 )
 @click.option("--limit", type=int, default=None, help="Only the newest N events.")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON (with both outputs) instead of a table.")
-def events(store, verdict, model, key_prefix, since, until, source, limit, as_json):
-    """List stored audit events, oldest first."""
+@remote_options(required=False)
+def events(store, verdict, model, key_prefix, since, until, source, limit, as_json, remote_url, remote_prefix, remote_timeout):
+    """List stored audit events, oldest first (with --remote: the fleet's, from the remote tier)."""
     f = EntryFilter(model=model, key_prefix=key_prefix, since=parse_since(since, "--since"), until=parse_since(until, "--until"))
-    with open_store(store) as st:
-        rows = [
-            e
-            for e in st.events()
-            if f.event(e) and (not verdict or e.get("verdict") in verdict) and (not source or e.get("source") == source)
-        ]
+    if remote_url:
+        with open_remote(remote_url, remote_prefix, remote_timeout, readonly=True) as remote:
+            try:
+                found = remote.events()
+            except RemoteError as err:
+                unreachable(err)
+    else:
+        with open_store(store) as st:
+            found = st.events()
+    rows = [
+        e
+        for e in found
+        if f.event(e) and (not verdict or e.get("verdict") in verdict) and (not source or e.get("source") == source)
+    ]
     if limit is not None:
         rows = rows[-limit:] if limit > 0 else []
     if as_json:

@@ -204,13 +204,34 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
 @click.command()
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def stats(store: str, as_json: bool) -> None:
-    """Count entries, request keys and fingerprints, and the store's size."""
+@click.option(
+    "--remote", "remote_url", default=None, metavar="URL", envvar="SEEDTAPE_REMOTE", help="Also describe this remote tier."
+)
+@click.option("--remote-prefix", default="seedtape", show_default=True, metavar="NAME", envvar="SEEDTAPE_REMOTE_PREFIX")
+@click.option("--remote-readonly", is_flag=True, help="The proxies use the remote read-only (shown as such).")
+def stats(store: str, as_json: bool, remote_url: str | None, remote_prefix: str, remote_readonly: bool) -> None:
+    """Count entries, request keys and fingerprints, and the store's size; with --remote, the remote tier too."""
     with open_store(store) as st:
         s = st.stats()
+    if remote_url:
+        from seedtape.cli.remoteopts import open_remote, unreachable
+        from seedtape.proxy.tapes.remote import RemoteError
+
+        with open_remote(remote_url, remote_prefix, 10.0, readonly=remote_readonly) as remote:
+            try:
+                info = remote.info()
+            except RemoteError as e:
+                unreachable(e)
+        s["remote"] = {"name": info["name"], "prefix": remote_prefix, "readonly": remote_readonly, "entries": info.get("entries")}
     if as_json:
         output.echo_json(s)
         return
-    for k in ("path", "entries", "request_keys", "fingerprints", "events", "size_bytes", "map_size", "schema_version"):
+    for k in ("path", "entries", "request_keys", "fingerprints", "events", "queued", "size_bytes", "map_size", "schema_version"):
         output.echo(f"{k:<15} {s[k]}")
+    if "remote" in s:
+        r = s["remote"]
+        output.echo(f"{'remote':<15} {r['name']}")
+        output.echo(f"{'remote_prefix':<15} {r['prefix']}")
+        output.echo(f"{'remote_readonly':<15} {'yes' if r['readonly'] else 'no'}")
+        output.echo(f"{'remote_entries':<15} {r['entries']}")
     sys.stdout.flush()

@@ -13,6 +13,7 @@ import hashlib
 import json
 import time
 from collections.abc import Callable
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qsl
 
 from seedtape.proxy import dialects, errors, jsontext, wire
@@ -35,15 +36,20 @@ from seedtape.proxy.tapes.responseids import ResponseIds, response_of
 from seedtape.proxy.tapes.store import Store
 from seedtape.proxy.tapes.writer import GroupWriter
 
+if TYPE_CHECKING:  # the remote tier (and its Redis client) is imported only when a proxy uses one
+    from seedtape.proxy.tapes.shared import SharedTier
+
 
 class Tapedeck:
     """Applies the mode to requests and records what the upstream answers."""
 
-    def __init__(self, store: Store, settings: Settings, writer: GroupWriter | None = None):
+    def __init__(self, store: Store, settings: Settings, writer: GroupWriter | None = None, shared: SharedTier | None = None):
         """``writer``: recordings and events are committed by it, in groups, off the caller's thread
-        (the proxy); without one they are written at once (tools, tests)."""
+        (the proxy); without one they are written at once (tools, tests). ``shared``: the remote tier,
+        looked up after a local miss and written through (seedtape/proxy/tapes/shared.py)."""
         self.store = store
         self.writer = writer
+        self.shared = shared
         self.settings = settings
         self._salt_cache: bytes | None = None
         self.index = nearest.NearestIndex(store)  # reads the store's miss index, for explaining misses
@@ -143,8 +149,16 @@ class Tapedeck:
 
         if mode.serves_recordings:
             entry = self.store.get(ex.key, s.fingerprint)
+            remote_down = ""
+            if entry is None and self.shared is not None:
+                try:
+                    entry = self._from_remote(ex.key, s.fingerprint)
+                except self.shared.unreachable as e:
+                    remote_down = str(e)
             if entry is not None:
                 return self._serve(ex, entry)
+            if mode is Mode.REPLAY and remote_down and self.shared is not None:
+                return self._refuse(ex, errors.remote_unreachable(self.shared.name, remote_down, ex.key), Status.MISS)
             if mode is Mode.REPLAY:
                 ex.miss = self._explain(ex)
                 detail = ex.miss.text() if ex.miss else ""
@@ -190,6 +204,18 @@ class Tapedeck:
             ex.status = Status.LIVE
         return ex
 
+    def _from_remote(self, key: str, fingerprint: str | None) -> TapeEntry | None:
+        """The remote tier's entry after a local miss, copied into the local store in the background."""
+        assert self.shared is not None
+        entry = self.shared.find(key, fingerprint)
+        if entry is None:
+            return None
+        if self.writer is not None:  # kept as recorded (timestamps, counts), never queued back
+            self.writer.submit(self.store.merging([entry]))
+        else:
+            self.store.merge([entry])
+        return entry
+
     def _count(self, scope: str, key: str) -> int:
         """--repeats sequence: which occurrence of this request in its scope this one is (1, 2, ...)."""
         return self.occurrences.next(scope, key)
@@ -214,9 +240,16 @@ class Tapedeck:
         try:
             fields = self.settings.redact_fields
             redact = (lambda r: scrub.request(r, fields)[0]) if fields else None
-            return nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint, redact)
+            explanation = nearest.explain(self.store, self.index, ex.canonical, self.settings.fingerprint, redact)
         except Exception:  # the miss answer matters more than its explanation
             return None
+        if self.shared is not None and not explanation.note:
+            remote = (
+                f"The remote {self.shared.name} has no recording for this request either; "
+                "the nearest are looked for in the local store only."
+            )
+            explanation.caveat = f"{explanation.caveat} {remote}".strip()
+        return explanation
 
     def _serve(self, ex: Exchange, entry: TapeEntry) -> Exchange:
         """Answer from a recording, in the format the client asked for."""
@@ -368,10 +401,11 @@ class Tapedeck:
             live_output=ex.live_output,
             embedding_distance=ex.embedding_distance,
         )
+        queue = self.shared is not None and self.shared.queues
         if self.writer is None:
-            self.store.add_event(event)
+            self.store.add_event(event, queue=queue)
         else:
-            await asyncio.wrap_future(self.writer.submit(self.store.adding_event(event)))
+            await asyncio.wrap_future(self.writer.submit(self.store.adding_event(event, queue=queue)))
         return event
 
     def _record(
@@ -404,10 +438,11 @@ class Tapedeck:
             upstream_ms=round((time.monotonic() - ex.started) * 1000, 1),
             extra=extra,
         )
+        queue = self.shared is not None and self.shared.queues
         if self.writer is None:
-            self._recorded(ex, entry, self.store.replace(entry), fmt, content)
+            self._recorded(ex, entry, self.store.replace(entry, queue=queue), fmt, content)
         else:  # the exchange waits for it (committed) before its client gets the end of the answer
-            ex.pending = self.writer.submit(self.store.replacing(entry))
+            ex.pending = self.writer.submit(self.store.replacing(entry, queue=queue))
             self._after_commit[id(ex)] = lambda replaced: self._recorded(ex, entry, replaced, fmt, content)
         return ex
 

@@ -77,6 +77,16 @@ def upstream_unreachable(upstream: str, reason: str) -> SeedtapeError:
     )
 
 
+def remote_unreachable(remote: str, reason: str, key: str) -> SeedtapeError:
+    return SeedtapeError(
+        424,
+        "remote_unreachable",
+        f"seedtape is in replay mode and has no local recording for request key {key}, and the remote tier "
+        f"could not be searched ({reason or remote}). Nothing was sent upstream; retry when the remote answers "
+        "(or pull its recordings with `seedtape pull`).",
+    )
+
+
 def internal(reason: str) -> SeedtapeError:
     return SeedtapeError(
         500,

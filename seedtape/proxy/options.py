@@ -99,6 +99,20 @@ def _masks(patterns: list[str]) -> None:
         keyrules.compile_mask(p)
 
 
+REMOTE_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
+
+
+def _remote_url(url: str) -> None:
+    if url and (not url.startswith(REMOTE_SCHEMES) or len(url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]) == 0):
+        # never the value itself: it may hold a password
+        raise ValueError(f"the remote must be a URL starting with {', '.join(REMOTE_SCHEMES)} and naming a host")
+
+
+def _remote_prefix(prefix: str) -> None:
+    if not prefix or len(prefix) > 100 or not all(c.isalnum() or c in "-_." for c in prefix):
+        raise ValueError("the prefix must be 1 to 100 letters, digits, '-', '_' or '.'")
+
+
 SERVE, MITMPROXY = frozenset({"serve"}), frozenset({"mitmproxy"})
 
 OPTIONS: tuple[Option, ...] = (
@@ -258,6 +272,32 @@ OPTIONS: tuple[Option, ...] = (
         "in the store; env SEEDTAPE_CREDENTIAL_SALT).",
         env="SEEDTAPE_CREDENTIAL_SALT",
         metavar="SALT",
+    ),
+    Option(
+        "remote",
+        str,
+        "",
+        "A shared store on Redis behind the local one: redis://[USER:PASSWORD@]HOST:PORT/DB, rediss:// for TLS, "
+        "redis+cluster:// (or rediss+cluster://) and any node for a Redis Cluster (env SEEDTAPE_REMOTE; "
+        "its password is never logged).",
+        env="SEEDTAPE_REMOTE",
+        metavar="URL",
+        check=_remote_url,
+    ),
+    Option(
+        "remote_prefix",
+        str,
+        "seedtape",
+        "Prefix of every key seedtape writes to the remote: one per project sharing a Redis.",
+        metavar="NAME",
+        check=_remote_prefix,
+    ),
+    Option("remote_readonly", bool, False, "Read the remote, never write it (untrusted branches record locally only)."),
+    Option(
+        "remote_required",
+        bool,
+        False,
+        "Refuse to start when the remote does not answer (default: warn and serve from the local store).",
     ),
     Option(
         "report_unused",

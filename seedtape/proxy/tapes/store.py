@@ -57,6 +57,9 @@ class StoreError(RuntimeError):
     """The store cannot be used; the message says why and what to do."""
 
 
+_QUEUED_ENTRY, _QUEUED_EVENT = b"e\0", b"v\0"  # outbox markers: an entry's store key, an event's id
+
+
 def _entry_key(key: str, fingerprint: str) -> bytes:
     return f"{key}\0{fingerprint}".encode()
 
@@ -91,6 +94,7 @@ class Store:
             self.env.reader_check()  # free reader slots left by killed processes
         self._meta, self._entries, self._latest = (self._open_db(n, readonly) for n in (b"meta", b"entries", b"latest"))
         self._events = self._open_db(b"events", readonly, optional=True)  # added after schema 1 first shipped
+        self._outbox = self._open_db(b"outbox", readonly, optional=True)  # what waits for the remote tier
         near, paths = (self._open_db(n, readonly, optional=True, dupsort=True) for n in (b"near", b"paths"))
         # None: a store of schema < 3 opened read-only (a writable open builds the index in _check_schema)
         self._index = missindex.MissIndex(near, paths) if near is not None and paths is not None else None
@@ -197,16 +201,21 @@ class Store:
         self.replace(entry, as_is=as_is)
         return entry
 
-    def replace(self, entry: TapeEntry, *, as_is: bool = False) -> TapeEntry | None:
+    def replace(self, entry: TapeEntry, *, as_is: bool = False, queue: bool = False) -> TapeEntry | None:
         """``put``, returning the entry it replaced for the same (key, fingerprint), if any.
 
         Read in the writing transaction, so of two proxies recording one key at once the later
         one sees the other's answer (and can tell whether they agree).
         """
-        return self._write(self.replacing(entry, as_is=as_is))
+        return self._write(self.replacing(entry, as_is=as_is, queue=queue))
 
-    def replacing(self, entry: TapeEntry, *, as_is: bool = False) -> Callable[[lmdb.Transaction[bytes]], TapeEntry | None]:
-        """``replace`` as one step of a transaction, for :meth:`batch`."""
+    def replacing(
+        self, entry: TapeEntry, *, as_is: bool = False, queue: bool = False
+    ) -> Callable[[lmdb.Transaction[bytes]], TapeEntry | None]:
+        """``replace`` as one step of a transaction, for :meth:`batch`.
+
+        ``queue``: also mark it for the remote tier, in the same transaction (see :meth:`queued`).
+        """
 
         def write(txn: lmdb.Transaction[bytes]) -> TapeEntry | None:
             k = _entry_key(entry.key, entry.fingerprint)
@@ -219,6 +228,8 @@ class Store:
             txn.put(k, entry.encode(), db=self._entries)
             self._index_new(txn, entry)
             self._offer_latest(txn, entry.key, entry.fingerprint, entry.recorded_at)
+            if queue:
+                txn.put(_QUEUED_ENTRY + k, b"", db=self._outbox)
             return prev
 
         if not entry.recorded_at:
@@ -259,6 +270,10 @@ class Store:
         earlier. ``unchanged``: the store holds exactly this entry. ``kept``: the store's entry was recorded
         later (or at the same time): it stays. The newest fingerprint of a key is its latest recorded_at.
         """
+        return self._write(self.merging(entries))
+
+    def merging(self, entries: list[TapeEntry]) -> Callable[[lmdb.Transaction[bytes]], list[str]]:
+        """``merge`` as one step of a transaction, for :meth:`batch`."""
 
         def write(txn: lmdb.Transaction[bytes]) -> list[str]:
             out = []
@@ -276,7 +291,7 @@ class Store:
                 out.append("imported" if old is None else "updated")
             return out
 
-        return self._write(write)
+        return write
 
     def delete(self, key: str, fingerprint: str) -> bool:
         """Remove one entry; the key's newest fingerprint falls back to the next most recent.
@@ -326,17 +341,19 @@ class Store:
             assert found is not None, "committed just above (by us or a concurrent writer), never deleted"
         return found
 
-    def add_event(self, event: dict) -> str:
+    def add_event(self, event: dict, *, queue: bool = False) -> str:
         """Append an audit event; returns its id (sortable by time)."""
-        return self._write(self.adding_event(event))
+        return self._write(self.adding_event(event, queue=queue))
 
-    def adding_event(self, event: dict) -> Callable[[lmdb.Transaction[bytes]], str]:
-        """``add_event`` as one step of a transaction, for :meth:`batch`."""
+    def adding_event(self, event: dict, *, queue: bool = False) -> Callable[[lmdb.Transaction[bytes]], str]:
+        """``add_event`` as one step of a transaction, for :meth:`batch` (``queue``: also for the remote tier)."""
         event_id = f"{time.time_ns():020d}-{os.urandom(4).hex()}"
         data = json.dumps({"id": event_id, **event}, ensure_ascii=False).encode()
 
         def write(txn: lmdb.Transaction[bytes]) -> str:
             txn.put(event_id.encode(), data, db=self._events)
+            if queue:
+                txn.put(_QUEUED_EVENT + event_id.encode(), b"", db=self._outbox)
             return event_id
 
         return write
@@ -346,6 +363,46 @@ class Store:
         if self._events is None:
             return []
         return self._read(lambda txn: [json.loads(v) for _, v in txn.cursor(db=self._events)])
+
+    # -- the queue for the remote tier (the outbox) ------------------------------------------
+
+    def queued(self, limit: int = 500) -> list[tuple[bytes, str, str | dict, bytes]]:
+        """What waits for the remote tier, in marker order: (marker, kind, ...) where kind "entry" gives
+        (marker, "entry", key, encoded entry) and "event" gives (marker, "event", event, b""). A marker whose
+        entry or event is gone is returned with empty bytes / an empty event: dequeue it."""
+
+        def read(txn: lmdb.Transaction[bytes]) -> list[tuple[bytes, str, str | dict, bytes]]:
+            out: list[tuple[bytes, str, str | dict, bytes]] = []
+            if self._outbox is None:
+                return out
+            for marker in txn.cursor(db=self._outbox).iternext(values=False):
+                if len(out) >= limit:
+                    break
+                marker = bytes(marker)
+                if marker.startswith(_QUEUED_ENTRY):
+                    k = marker[len(_QUEUED_ENTRY) :]
+                    out.append((marker, "entry", k.split(b"\0", 1)[0].decode(), txn.get(k, db=self._entries) or b""))
+                elif marker.startswith(_QUEUED_EVENT) and self._events is not None:
+                    raw = txn.get(marker[len(_QUEUED_EVENT) :], db=self._events)
+                    out.append((marker, "event", json.loads(raw) if raw else {}, b""))
+            return out
+
+        return self._read(read)
+
+    def dequeue(self, markers: list[bytes]) -> None:
+        """Take these markers off the queue (what they stood for reached the remote, or is gone)."""
+
+        def write(txn: lmdb.Transaction[bytes]) -> None:
+            for m in markers:
+                txn.delete(m, db=self._outbox)
+
+        if markers and self._outbox is not None:
+            self._write(write)
+
+    def queued_count(self) -> int:
+        if self._outbox is None:
+            return 0
+        return self._read(lambda txn: txn.stat(self._outbox)["entries"])
 
     def latest_fingerprint(self, key: str) -> str | None:
         raw = self._read(lambda txn: txn.get(key.encode(), db=self._latest))
@@ -521,6 +578,7 @@ class Store:
                 "entries": txn.stat(self._entries)["entries"],
                 "request_keys": txn.stat(self._latest)["entries"],
                 "events": txn.stat(self._events)["entries"] if self._events is not None else 0,
+                "queued": txn.stat(self._outbox)["entries"] if self._outbox is not None else 0,
                 "fingerprints": len(fps),
             }
 

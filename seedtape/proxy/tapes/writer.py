@@ -10,6 +10,7 @@ exchange awaits its own future, resolved once its write is on disk.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Callable
@@ -18,6 +19,7 @@ from typing import Any
 
 from seedtape.proxy.tapes.store import Store
 
+log = logging.getLogger("seedtape")
 MAX_GROUP = 512  # writes per transaction: bounds one commit's time and memory
 
 Step = Callable[[Any], Any]
@@ -28,8 +30,11 @@ class WriterClosed(RuntimeError):
 
 
 class GroupWriter:
-    def __init__(self, store: Store):
+    def __init__(self, store: Store, after: Callable[[], None] | None = None):
+        """``after``: run in the writer's thread after each commit, before the group's futures are resolved
+        (the remote tier pushes what the commit queued for it, so a client's answer waits for that too)."""
         self.store = store
+        self.after = after
         self._queue: queue.SimpleQueue[tuple[Step, Future] | None] = queue.SimpleQueue()
         self._closed = False
         self.commits = 0  # transactions committed (for tests and stats: fewer than writes under load)
@@ -75,6 +80,11 @@ class GroupWriter:
             return
         self.commits += 1
         self.writes += len(group)
+        if self.after is not None:
+            try:
+                self.after()
+            except Exception:  # what it could not do stays queued on disk; it logs its own failures
+                log.exception("seedtape: the store writer's follow-up failed")
         for (_, fut), result in zip(group, results, strict=True):
             if isinstance(result, Exception):
                 fut.set_exception(result)
