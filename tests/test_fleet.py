@@ -286,3 +286,34 @@ def test_drift_events_of_every_proxy_and_audit_are_read_fleet_wide(proxies, tmp_
 def store_events(path: str) -> list[dict]:
     with Store(path, readonly=True) as st:
         return st.events()
+
+
+def test_a_hung_redis_holds_a_client_no_longer_than_the_timeout(proxies, tmp_path, redis, upstream):  # noqa: F811
+    rec = proxies("--store", str(tmp_path / "a"), "--upstream", upstream.url, "--remote", redis.url, "--quiet")
+    status, _, local = raw_of(rec, body("kept locally"))
+    assert status == "recorded"
+    rec.stop()
+    p = proxies("--mode", "replay", "--store", str(tmp_path / "a"), "--upstream", OFFLINE, "--remote", redis.url,
+                "--upstream-timeout", "1")
+    redis.pause()  # SIGSTOP: connections open, nothing answers
+    try:
+        miss = post(p, body("nowhere"), timeout=20)  # held at most the 1 s timeout, not forever
+        assert miss.status_code == 424 and "timed out" in miss.json()["error"]["message"]
+        status, _, data = raw_of(p, body("kept locally"))  # local hits go on
+        assert status == "hit" and data == local
+        again = post(p, body("nowhere either"), timeout=20)  # while it is down: at once, the same error
+        assert again.status_code == 424
+    finally:
+        redis.resume()
+
+
+def test_key_by_credential_matches_across_the_fleet_with_a_shared_salt(proxies, tmp_path, redis, upstream):  # noqa: F811
+    args = ("--remote", redis.url, "--key-by-credential", "--credential-salt", "fleet-salt-1")
+    a = proxies("--store", str(tmp_path / "a"), "--upstream", upstream.url, *args)
+    status, key, data = raw_of(a, body("who asks"))
+    assert status == "recorded"
+    b = proxies("--mode", "replay", "--store", str(tmp_path / "b"), "--upstream", OFFLINE, *args)
+    assert raw_of(b, body("who asks")) == ("hit", key, data)  # the same key on another machine
+    c = proxies("--mode", "replay", "--store", str(tmp_path / "c"), "--upstream", OFFLINE, "--remote", redis.url,
+                "--key-by-credential")  # its own random salt: another key, a miss
+    assert post(c, body("who asks")).status_code == 404
