@@ -555,7 +555,7 @@ def test_the_readme_example_prints_what_it_shows(recorded):
 
     where, _ = recorded
     readme = (REPO / "README.md").read_text(encoding="utf-8")
-    section = readme.split("### Volatile values", 1)[1].split("\n## ", 1)[0]
+    section = readme.split("### Volatile values", 1)[1].split("\n## ", 1)[0].split("\n### ", 1)[0]
     blocks = re.findall(r"^```\n(.*?)^```", section, re.M | re.S)
     assert len(blocks) == 2
     for block in blocks:
