@@ -88,18 +88,19 @@ class SharedTier:
                     return done
                 markers: list[bytes] = []
                 try:
-                    for marker, kind, what, raw in items:
-                        if kind == "entry" and raw:
-                            result = self.remote.put(TapeEntry.decode(raw), raw)
-                            if result == "conflict":
-                                log.warning(
-                                    "seedtape: the remote %s holds another recording for key=%s; it keeps its own",
-                                    self.name,
-                                    str(what)[:12],
-                                )
-                        elif kind == "event" and isinstance(what, dict) and what:
+                    entries = [(marker, TapeEntry.decode(raw), raw) for marker, kind, _, raw in items if kind == "entry" and raw]
+                    outcomes = self.remote.put_many([(e, raw) for _, e, raw in entries]) if entries else []  # one round trip
+                    for (_, e, _), outcome in zip(entries, outcomes, strict=True):
+                        if outcome == "conflict":
+                            log.warning(
+                                "seedtape: the remote %s holds another recording for key=%s; it keeps its own",
+                                self.name,
+                                e.key[:12],
+                            )
+                    for _, kind, what, _ in items:
+                        if kind == "event" and isinstance(what, dict) and what:
                             self.remote.add_event(what)
-                        markers.append(marker)
+                    markers = [marker for marker, *_ in items]
                 except RemoteError as e:
                     self._down(e)
                     return done
