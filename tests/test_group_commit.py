@@ -10,6 +10,7 @@ import asyncio
 import os
 import signal
 import threading
+import time
 
 import httpx
 import lmdb
@@ -219,3 +220,19 @@ async def test_kill_9_in_a_recording_storm_loses_no_answer_a_client_received(ups
 
     async with httpx.AsyncClient(base_url=r.origin, timeout=30) as c:
         await asyncio.gather(*(replay(c, b, d) for b, d, _ in received))
+
+
+def test_the_map_grows_while_the_proxy_thread_reads_and_the_writer_writes(tmp_path):
+    """LMDB remaps on a size change: reads on one thread and the writer's growth on another must not overlap."""
+    with Store(tmp_path / "s", map_size=64 * 1024) as st:
+        st.put(entry(0))
+        w = GroupWriter(st)
+        futures = [w.submit(st.replacing(entry(i, os.urandom(30_000)))) for i in range(1, 120)]
+        reads = 0
+        while not all(f.done() for f in futures):
+            assert st.get(entry(0).key) is not None  # the proxy thread keeps reading meanwhile
+            reads += 1
+            time.sleep(0.0005)
+        w.close()
+        assert all(f.exception() is None for f in futures), [f.exception() for f in futures if f.exception()][:3]
+        assert len(st.keys()) == 120 and reads > 0

@@ -57,7 +57,6 @@ class Tapedeck:
         self.embedder = Embedder(settings.upstream, settings.embedding_model) if settings.embedding_model else None
         self.response_ids = ResponseIds(store)  # Responses API ids -> their recordings, read on first use
         self.occurrences = occurrences.for_this_process()  # (scope, key): identical requests seen so far
-        self._after_commit: dict[int, Callable[[TapeEntry | None], None]] = {}  # id(exchange) -> its last step
 
     def reconfigure(self, settings: Settings) -> None:
         """New option values; what was served and the miss index stay (they describe this run and store)."""
@@ -443,7 +442,7 @@ class Tapedeck:
             self._recorded(ex, entry, self.store.replace(entry, queue=queue), fmt, content)
         else:  # the exchange waits for it (committed) before its client gets the end of the answer
             ex.pending = self.writer.submit(self.store.replacing(entry, queue=queue))
-            self._after_commit[id(ex)] = lambda replaced: self._recorded(ex, entry, replaced, fmt, content)
+            ex.on_commit = lambda replaced: self._recorded(ex, entry, replaced, fmt, content)
         return ex
 
     def _recorded(self, ex: Exchange, entry: TapeEntry, replaced: TapeEntry | None, fmt: str, content: bytes) -> None:
@@ -465,7 +464,7 @@ class Tapedeck:
         fut = ex.pending
         if fut is None:
             return True
-        after = self._after_commit.pop(id(ex))
+        after, ex.on_commit = ex.on_commit, None  # taken: a second waiter (a stream cut at its end) only waits
         try:
             replaced = await asyncio.wrap_future(fut)
         except Exception as e:
@@ -473,7 +472,8 @@ class Tapedeck:
             ex.unrecorded(f"recording failed: {type(e).__name__}: {e}")
             return False
         ex.pending = None
-        after(replaced)
+        if after is not None:
+            after(replaced)
         return True
 
     def stop_writing(self) -> None:

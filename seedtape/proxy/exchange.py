@@ -8,6 +8,7 @@ and the log line it produces are decided in the core.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 from enum import StrEnum
@@ -78,6 +79,7 @@ class Exchange:
     started: float = field(default_factory=time.monotonic)
     upstream_completed: bool = False  # the upstream sent its whole answer (a stream: up to its end)
     pending: Future | None = None  # its recording, handed to the store's writer and not yet on disk
+    on_commit: Callable[[TapeEntry | None], None] | None = None  # the deck's last step once it is (with what it replaced)
     note: str = ""  # why something was not recorded, for the log
 
     @property

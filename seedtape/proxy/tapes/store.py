@@ -21,11 +21,14 @@ most the transaction in flight, and never corrupts committed entries.
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
+import functools
 import json
 import logging
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator
 from collections.abc import Set as AbstractSet
@@ -64,9 +67,53 @@ def _entry_key(key: str, fingerprint: str) -> bytes:
     return f"{key}\0{fingerprint}".encode()
 
 
+class _Remap:
+    """Transactions of this process share the map; a size change takes it alone (LMDB remaps then).
+
+    Reentrant per thread: a thread already inside a transaction enters again without waiting.
+    """
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._active = 0
+        self._resizing = False
+        self._depth = threading.local()
+
+    @contextlib.contextmanager
+    def using(self) -> Iterator[None]:
+        depth = getattr(self._depth, "n", 0)
+        with self._cond:
+            while self._resizing and depth == 0:
+                self._cond.wait()
+            self._active += 1
+        self._depth.n = depth + 1
+        try:
+            yield
+        finally:
+            self._depth.n = depth
+            with self._cond:
+                self._active -= 1
+                if self._active == 0:
+                    self._cond.notify_all()
+
+    def resize(self, change: Callable[[], None]) -> None:
+        with self._cond:
+            while self._resizing:
+                self._cond.wait()
+            self._resizing = True
+            while self._active:
+                self._cond.wait()
+            try:
+                change()
+            finally:
+                self._resizing = False
+                self._cond.notify_all()
+
+
 class Store:
     def __init__(self, path: str | os.PathLike, *, readonly: bool = False, map_size: int = DEFAULT_MAP_SIZE):
         self.path = Path(path)
+        self._remap = _Remap()
         if not readonly:
             try:
                 self.path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -116,17 +163,27 @@ class Store:
             ) from None
 
     def _retry(self, fn: Callable[[], T]) -> T:
-        """Run a transaction, adopting or growing the map as other writers require."""
+        """Run a transaction, adopting or growing the map as other writers require.
+
+        LMDB remaps on a size change, so no transaction of this process may be open then: the proxy
+        reads on its event loop while the store's writer thread writes, and the one that resizes
+        waits for the other's transaction to end (:class:`_Remap`)."""
         while True:
             try:
-                return fn()
+                with self._remap.using():
+                    return fn()
             except lmdb.MapResizedError:
-                self.env.set_mapsize(0)  # another process grew the map: adopt its size
+                self._remap.resize(lambda: self.env.set_mapsize(0))  # another process grew the map: adopt its size
             except lmdb.MapFullError:
                 size = self.env.info()["map_size"]
                 if size >= MAX_MAP_SIZE:
                     raise StoreError(f"the store at {self.path} reached {size} bytes and cannot grow further") from None
-                self.env.set_mapsize(size * 2)
+                self._remap.resize(functools.partial(self._grow, size * 2))
+
+    def _grow(self, size: int) -> None:
+        """Set the map to ``size`` unless another thread of this process already grew it as far."""
+        if self.env.info()["map_size"] < size:
+            self.env.set_mapsize(size)
 
     def _write(self, fn: Callable[[lmdb.Transaction[bytes]], T]) -> T:
         def run() -> T:
