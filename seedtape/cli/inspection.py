@@ -10,6 +10,7 @@ from typing import Any
 import click
 
 from seedtape.cli import output
+from seedtape.cli.remoteopts import open_remote, remote_options, unreachable
 from seedtape.proxy.printable import escape
 from seedtape.proxy.streams import sse
 from seedtape.proxy.tapes.entry import TapeEntry
@@ -204,20 +205,18 @@ def show(store: str, key: str, fingerprint: str | None, as_json: bool) -> None:
 @click.command()
 @store_option
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-@click.option(
-    "--remote", "remote_url", default=None, metavar="URL", envvar="SEEDTAPE_REMOTE", help="Also describe this remote tier."
-)
-@click.option("--remote-prefix", default="seedtape", show_default=True, metavar="NAME", envvar="SEEDTAPE_REMOTE_PREFIX")
+@remote_options(required=False)
 @click.option("--remote-readonly", is_flag=True, help="The proxies use the remote read-only (shown as such).")
-def stats(store: str, as_json: bool, remote_url: str | None, remote_prefix: str, remote_readonly: bool) -> None:
+def stats(
+    store: str, as_json: bool, remote_url: str | None, remote_prefix: str, remote_timeout: float, remote_readonly: bool
+) -> None:
     """Count entries, request keys and fingerprints, and the store's size; with --remote, the remote tier too."""
     with open_store(store) as st:
         s = st.stats()
     if remote_url:
-        from seedtape.cli.remoteopts import open_remote, unreachable
         from seedtape.proxy.tapes.remote import RemoteError
 
-        with open_remote(remote_url, remote_prefix, 10.0, readonly=remote_readonly) as remote:
+        with open_remote(remote_url, remote_prefix, remote_timeout, readonly=remote_readonly) as remote:
             try:
                 info = remote.info()
             except RemoteError as e:

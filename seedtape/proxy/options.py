@@ -99,18 +99,17 @@ def _masks(patterns: list[str]) -> None:
         keyrules.compile_mask(p)
 
 
-REMOTE_SCHEMES = ("redis://", "rediss://", "redis+cluster://", "rediss+cluster://")
-
-
 def _remote_url(url: str) -> None:
-    if url and (not url.startswith(REMOTE_SCHEMES) or len(url.split("://", 1)[1].split("/", 1)[0].rsplit("@", 1)[-1]) == 0):
-        # never the value itself: it may hold a password
-        raise ValueError(f"the remote must be a URL starting with {', '.join(REMOTE_SCHEMES)} and naming a host")
+    if url:  # the remote tier's own check (its ValueError never quotes a password); Redis is imported only then
+        from seedtape.proxy.tapes.remote import parse_url
+
+        parse_url(url)
 
 
 def _remote_prefix(prefix: str) -> None:
-    if not prefix or len(prefix) > 100 or not all(c.isalnum() or c in "-_." for c in prefix):
-        raise ValueError("the prefix must be 1 to 100 letters, digits, '-', '_' or '.'")
+    from seedtape.proxy.tapes.remote import check_prefix
+
+    check_prefix(prefix)
 
 
 SERVE, MITMPROXY = frozenset({"serve"}), frozenset({"mitmproxy"})

@@ -124,6 +124,12 @@ def _secrets(url: str) -> list[str]:
     return sorted({s for f in found if f for s in (f, unquote(f))}, key=len, reverse=True)
 
 
+def check_prefix(prefix: str) -> None:
+    """ValueError saying what a key prefix may hold: it enters SCAN patterns and cluster keys."""
+    if not _PREFIX.fullmatch(prefix):
+        raise ValueError(f"remote prefix {prefix!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+
+
 @dataclass(frozen=True)
 class RemoteConfig:
     """Where the remote is and how to use it; ``timeout``: seconds for connecting and for every call."""
@@ -135,8 +141,7 @@ class RemoteConfig:
 
     def __post_init__(self) -> None:
         parse_url(self.url)
-        if not _PREFIX.fullmatch(self.prefix):
-            raise ValueError(f"remote prefix {self.prefix!r}: use 1 to 64 letters, digits, '.', '_' or '-'")
+        check_prefix(self.prefix)
         if not self.timeout > 0:
             raise ValueError(f"remote timeout {self.timeout!r}: use a number of seconds above 0")
 
